@@ -1,0 +1,44 @@
+"""The one protocol every backend speaks: ONNX Runtime, eager PyTorch, built-in operators.
+
+A Runner maps an NCHW float32 batch with values in [0, 1] to an NCHW float32 batch of
+`scale` times the size. It declares what the tiling engine needs to feed it: the multiple
+its input must be padded to, how many pixels of context a tile needs (overlap), and the
+tile size it prefers. Anything a network needs beyond the pixels (a text embedding, a mask)
+is passed as named extra inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class OutOfMemory(RuntimeError):
+    """A backend ran out of memory on a tile; the tiling engine retries with a smaller one."""
+
+
+@dataclass
+class RunnerInfo:
+    """What a runner is, for reports: the model id, the backend, the provider that ran."""
+
+    model: str  # catalog id, e.g. "hat-s-x4", or "builtin:denoise"
+    backend: str  # "onnx", "torch" or "builtin"
+    provider: str  # "CUDAExecutionProvider", "CPUExecutionProvider", "torch:cpu", "numpy"
+    notes: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Runner(Protocol):
+    info: RunnerInfo
+    scale: int  # output size / input size (1 to 4)
+    channels: int  # 3 (RGB) or 1 (gray); the engine converts the image to match
+    pad_multiple: int  # input H and W are reflect-padded to a multiple of this
+    overlap: int  # context pixels (input scale) each tile needs on every side
+    preferred_tile: int | None  # None: the whole image in one piece is fine
+    whole_image: bool  # True: the runner needs global statistics; never tile it
+
+    def __call__(self, batch: np.ndarray, **extra: np.ndarray) -> np.ndarray:
+        """NCHW float32 in [0, 1] -> NCHW float32 (N, C, H*scale, W*scale)."""
+        ...
