@@ -42,3 +42,48 @@ class Runner(Protocol):
     def __call__(self, batch: np.ndarray, **extra: np.ndarray) -> np.ndarray:
         """NCHW float32 in [0, 1] -> NCHW float32 (N, C, H*scale, W*scale)."""
         ...
+
+
+class NetworkRunner:
+    """Shared by the ONNX Runtime and PyTorch runners: value ranges and extra inputs.
+
+    Images travel in [0, 1]; a network trained on another range (e.g. [-1, 1]) gets its
+    input mapped to `input_range` and its output mapped back from `output_range`.
+    """
+
+    whole_image = False
+    bytes_per_pixel = 40_000  # rough activation memory per input pixel, for auto tiling
+
+    def __init__(
+        self,
+        info: RunnerInfo,
+        *,
+        scale: int = 1,
+        channels: int = 3,
+        pad_multiple: int = 1,
+        overlap: int = 16,
+        preferred_tile: int | None = None,
+        input_range: tuple[float, float] = (0.0, 1.0),
+        output_range: tuple[float, float] = (0.0, 1.0),
+        fixed_inputs: dict[str, np.ndarray] | None = None,
+    ):
+        self.info = info
+        self.scale = scale
+        self.channels = channels
+        self.pad_multiple = pad_multiple
+        self.overlap = overlap
+        self.preferred_tile = preferred_tile
+        self.input_range = tuple(input_range)
+        self.output_range = tuple(output_range)
+        self.fixed_inputs = dict(fixed_inputs or {})  # e.g. a text embedding for every tile
+
+    def __call__(self, batch: np.ndarray, **extra: np.ndarray) -> np.ndarray:
+        lo, hi = self.input_range
+        x = batch if (lo, hi) == (0.0, 1.0) else batch * (hi - lo) + lo
+        inputs = {**self.fixed_inputs, **extra}
+        y = self.forward(np.ascontiguousarray(x, dtype=np.float32), inputs)
+        lo, hi = self.output_range
+        return y if (lo, hi) == (0.0, 1.0) else (y - lo) / (hi - lo)
+
+    def forward(self, batch: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError

@@ -1,0 +1,131 @@
+"""The tiling engine: tiled output equals whole-image output for a network whose receptive
+field fits in the overlap; OOM halves the tile and still finishes; cancellation; progress."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from restorer.runtime.base import OutOfMemory, RunnerInfo
+from restorer.runtime.torch import TorchRunner
+from restorer.tiles import Cancelled, plan_rows, run_runner, run_tiled
+
+
+class SmallNet(torch.nn.Module):
+    """Three 3x3 convs: receptive radius 3 (input pixels), then a pixel-shuffle upscale."""
+
+    def __init__(self, scale: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(),
+            torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.GELU(),
+            torch.nn.Conv2d(8, 3 * scale * scale, 3, padding=1),
+        )
+        self.up = torch.nn.PixelShuffle(scale)
+
+    def forward(self, image):
+        return self.up(self.body(image))
+
+
+def small_runner(scale: int, pad_multiple: int = 1) -> TorchRunner:
+    info = RunnerInfo(model="test:small", backend="torch", provider="")
+    return TorchRunner(SmallNet(scale), info, device="cpu", scale=scale, pad_multiple=pad_multiple, overlap=4)
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+@pytest.mark.parametrize("size", [(45, 71), (97, 50)])
+def test_tiled_equals_whole(scale, size):
+    rng = np.random.default_rng(scale)
+    img = rng.random((*size, 3), dtype=np.float32)
+    runner = small_runner(scale)
+    whole = run_runner(runner, img)
+    tiled = run_tiled(img, runner, tile=24)
+    assert tiled.shape == (size[0] * scale, size[1] * scale, 3)
+    assert np.abs(tiled - whole).max() <= 1e-5
+
+
+def test_pad_multiple_reflect_and_crop():
+    img = np.random.default_rng(0).random((37, 29, 3), dtype=np.float32)
+    runner = small_runner(2, pad_multiple=8)
+    out = run_tiled(img, runner, tile=16)
+    assert out.shape == (74, 58, 3)
+    assert np.abs(out - run_runner(runner, img)).max() <= 1e-5
+
+
+def test_image_smaller_than_tile():
+    img = np.random.default_rng(1).random((5, 7, 3), dtype=np.float32)
+    runner = small_runner(4)
+    out = run_tiled(img, runner, tile=64)
+    assert out.shape == (20, 28, 3)
+
+
+def test_plan_covers_image_with_overlap():
+    rows = plan_rows(100, 130, tile=40, overlap=4, ramp=4)
+    covered = np.zeros((100, 130), bool)
+    for row in rows:
+        for t in row:
+            assert t.y1 - t.y0 <= 40 and t.x1 - t.x0 <= 40
+            covered[t.y0:t.y1, t.x0:t.x1] = True
+    assert covered.all()
+
+
+class OomOnce:
+    """Wraps a runner; raises OutOfMemory for any tile larger than `limit` pixels a side."""
+
+    def __init__(self, runner, limit):
+        self.inner, self.limit, self.failures = runner, limit, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, batch, **extra):
+        if max(batch.shape[2:]) > self.limit:
+            self.failures += 1
+            raise OutOfMemory("injected: CUDA out of memory")
+        return self.inner(batch, **extra)
+
+
+def test_out_of_memory_halves_tile_and_finishes_with_same_output():
+    img = np.random.default_rng(2).random((90, 120, 3), dtype=np.float32)
+    runner = small_runner(2)
+    expected = run_tiled(img, runner, tile=64)
+    flaky = OomOnce(runner, limit=40)
+    messages = []
+    got = run_tiled(img, flaky, tile=64, on_retry=messages.append)
+    assert flaky.failures >= 1 and messages
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_out_of_memory_at_the_floor_fails_clearly():
+    img = np.random.default_rng(3).random((90, 90, 3), dtype=np.float32)
+    with pytest.raises(OutOfMemory, match="out of memory even at"):
+        run_tiled(img, OomOnce(small_runner(1), limit=1), tile=64, min_tile=32)
+
+
+def test_progress_and_cancel():
+    img = np.random.default_rng(4).random((80, 80, 3), dtype=np.float32)
+    calls = []
+    run_tiled(img, small_runner(1), tile=32, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1][0] == calls[-1][1] and len(calls) == calls[-1][1] > 1
+    token = threading.Event()
+
+    def stop_after_two(done, total):
+        if done == 2:
+            token.set()
+
+    with pytest.raises(Cancelled):
+        run_tiled(img, small_runner(1), tile=32, progress=stop_after_two, cancel=token)
+
+
+def test_a_tile_error_is_not_swallowed():
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(small_runner(1), name)
+
+        def __call__(self, batch, **extra):
+            raise ValueError("boom in tile")
+
+    with pytest.raises(ValueError, match="boom in tile"):
+        run_tiled(np.zeros((70, 70, 3), np.float32), Broken(), tile=32)
