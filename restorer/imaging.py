@@ -29,6 +29,15 @@ from PIL import ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 400_000_000  # 400 MP: bigger than any camera, smaller than a bomb
 TEMP_PREFIX = ".restorer-"
 TEMP_SUFFIX = ".part"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_current_umask()  # what open() would give; mkstemp alone gives 0600
 ORIENTATION_TAG = 0x0112
 
 FORMATS = {  # output format name -> (Pillow format, extension)
@@ -286,6 +295,7 @@ def save(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        os.chmod(tmp, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(encode(image, fmt, quality))
             f.flush()

@@ -1,0 +1,116 @@
+"""The model zoo as data: models/catalog.toml read into ModelSpec objects."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+
+TASKS = (
+    "denoise", "deblur", "derain", "dehaze", "lowlight", "enhance",
+    "superres", "jpeg", "old-photo", "remove-text",
+)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    name: str
+    url: str = ""
+    sha256: str = ""
+    size: int = 0
+    browser: bool = False  # the url is a page a person must open (Google Drive, Baidu)
+    member: str = ""  # path inside an archive, when the file ships in one
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    title: str
+    family: str
+    tasks: tuple[str, ...]
+    arch: str
+    hparams: dict = field(default_factory=dict, hash=False, compare=False)
+    scale: int = 1
+    channels: int = 3
+    input_range: tuple[float, float] = (0.0, 1.0)
+    output_range: tuple[float, float] = (0.0, 1.0)
+    pad_multiple: int = 1
+    overlap: int = 16
+    tile: int = 256
+    rank: int = 50
+    precisions: tuple[str, ...] = ("fp32",)
+    licence: str = ""
+    non_commercial: bool = False
+    released: bool = True
+    paper: str = ""
+    manifest: str = ""
+    wrapper_key: str = ""
+    notes: str = ""
+    files: tuple[FileSpec, ...] = ()
+    needs: tuple[str, ...] = ()  # other catalog ids this model needs (text encoder, parts)
+    extra: dict = field(default_factory=dict, hash=False, compare=False)  # family-specific fields
+
+    @property
+    def builtin(self) -> bool:
+        return self.arch == "builtin"
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self.arch == "pipeline"
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+_KNOWN = {f for f in ModelSpec.__dataclass_fields__} - {"extra"}
+
+
+def _spec(entry: dict) -> ModelSpec:
+    values = {k: v for k, v in entry.items() if k in _KNOWN}
+    values["tasks"] = tuple(entry.get("tasks", ()))
+    values["files"] = tuple(FileSpec(**f) for f in entry.get("files", ()))
+    values["needs"] = tuple(entry.get("needs", ()))
+    values["precisions"] = tuple(entry.get("precisions", ("fp32",)))
+    for key in ("input_range", "output_range"):
+        if key in entry:
+            values[key] = tuple(float(v) for v in entry[key])
+    values["extra"] = {k: v for k, v in entry.items() if k not in _KNOWN}
+    return ModelSpec(**values)
+
+
+class Catalog:
+    def __init__(self, specs: list[ModelSpec]):
+        self._specs = {s.id: s for s in specs}
+
+    def __iter__(self):
+        return iter(self._specs.values())
+
+    def __len__(self):
+        return len(self._specs)
+
+    def __contains__(self, model_id: str) -> bool:
+        return model_id in self._specs
+
+    def get(self, model_id: str) -> ModelSpec:
+        try:
+            return self._specs[model_id]
+        except KeyError:
+            close = [i for i in self._specs if model_id.lower() in i]
+            hint = f"; did you mean {', '.join(close[:5])}?" if close else "; see: restorer-cli models list"
+            raise KeyError(f"unknown model {model_id!r}{hint}") from None
+
+    def for_task(self, task: str) -> list[ModelSpec]:
+        """Released models that do `task`, best first."""
+        return sorted((s for s in self if task in s.tasks and s.released), key=lambda s: -s.rank)
+
+
+def parse(text: str) -> Catalog:
+    return Catalog([_spec(e) for e in tomllib.loads(text).get("model", [])])
+
+
+@lru_cache(maxsize=1)
+def load_catalog() -> Catalog:
+    text = resources.files("restorer_models").joinpath("catalog.toml").read_text(encoding="utf-8")
+    return parse(text)

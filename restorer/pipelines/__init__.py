@@ -1,0 +1,16 @@
+"""Multi-stage jobs that are more than one network over tiles: old photos, text removal,
+and text-prompted restoration. Each exposes `run(step, image, ctx, report) -> Image`."""
+
+from __future__ import annotations
+
+import importlib
+
+PIPELINES = {
+    "old-photo": "restorer.pipelines.old_photo",
+    "remove-text": "restorer.pipelines.text_removal",
+}
+
+
+def run_pipeline(step, image, ctx, report):
+    module = importlib.import_module(PIPELINES[step.task])
+    return module.run(step, image, ctx, report)
