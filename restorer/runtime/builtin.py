@@ -15,7 +15,6 @@ that pipelines reuse (inpainting for scratches and text).
 
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 
