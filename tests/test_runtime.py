@@ -1,0 +1,80 @@
+"""Runners: ONNX Runtime equals PyTorch on an exported net; CUDA requested on a machine
+without it falls back to the CPU with one warning naming the cause."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from restorer.export import export_onnx
+from restorer.runtime import onnx as ort_runtime
+from restorer.runtime.base import RunnerInfo
+from restorer.runtime.onnx import CPU, CUDA, OnnxRunner, provider_list
+from restorer.runtime.torch import TorchRunner
+from restorer.tiles import run_tiled
+from tests.test_tiles import SmallNet
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    net = SmallNet(2)
+    path = export_onnx(net, {"image": torch.rand(1, 3, 24, 24)}, tmp_path_factory.mktemp("onnx") / "small.onnx")
+    return net, path
+
+
+def test_onnx_equals_pytorch_tiled(exported):
+    net, path = exported
+    img = np.random.default_rng(0).random((53, 70, 3), dtype=np.float32)
+    kw = dict(scale=2, overlap=4)
+    torch_out = run_tiled(img, TorchRunner(net, RunnerInfo("t", "", ""), device="cpu", **kw), tile=32)
+    onnx_out = run_tiled(img, OnnxRunner(path, RunnerInfo("t", "", ""), device="cpu", **kw), tile=32)
+    assert np.abs(torch_out - onnx_out).max() <= 1e-4
+
+
+def test_forcing_cuda_on_this_machine_falls_back_with_one_warning(exported, caplog):
+    _, path = exported
+    with caplog.at_level(logging.WARNING, logger="restorer"):
+        runner = OnnxRunner(path, RunnerInfo("t", "", ""), device="cuda", scale=2)
+    assert runner.info.provider == CPU
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "CUDA unavailable" in warnings[0] and "CPU" in warnings[0]
+    assert runner.info.notes == warnings
+    out = runner(np.zeros((1, 3, 8, 8), np.float32))
+    assert out.shape == (1, 3, 16, 16)
+
+
+def test_a_cuda_session_that_fails_to_create_retries_on_cpu(exported, monkeypatch, caplog):
+    _, path = exported
+    ort = ort_runtime.import_onnxruntime()
+    real = ort.InferenceSession
+
+    def fake(path, options, providers):
+        if providers[0] == CUDA:
+            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected\nmore")
+        return real(path, options, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", fake)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    with caplog.at_level(logging.WARNING, logger="restorer"):
+        runner = OnnxRunner(path, RunnerInfo("t", "", ""), device="auto", scale=2)
+    assert runner.info.provider == CPU
+    assert "no CUDA-capable device" in runner.info.notes[0]
+
+
+def test_provider_order():
+    assert provider_list("auto", [CUDA, CPU]) == ([CUDA, CPU], None)
+    assert provider_list("cpu", [CUDA, CPU]) == ([CPU], None)
+    providers, reason = provider_list("cuda", [CPU])
+    assert providers == [CPU] and "restorer[gpu]" in reason
+    assert provider_list("auto", [CPU]) == ([CPU], None)  # auto on a CPU build: no warning
+    with pytest.raises(ValueError):
+        provider_list("tpu", [CPU])
+
+
+def test_both_onnxruntime_packages_installed_is_refused(monkeypatch):
+    from importlib import metadata
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: object())
+    with pytest.raises(ort_runtime.RuntimeMissing, match="both onnxruntime and onnxruntime-gpu"):
+        ort_runtime.import_onnxruntime()
