@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from restorer.archs import arch_class
-from restorer.archs.garnet import GaRNet, numpy_callable
+from restorer.archs.garnet import GaRNet
 from tests.manifests import FIXTURES, load_manifest, load_safetensors
 
 HERE = FIXTURES / "garnet"
@@ -79,14 +79,6 @@ def test_batch_of_two_equals_two_batches_of_one(tiny):
     np.testing.assert_allclose(batched[1:].numpy(), single.numpy(), atol=1e-6)
 
 
-def test_numpy_callable_maps_ranges(tiny):
-    model, image, mask = tiny
-    net = numpy_callable(model)
-    got = net((image + 1.0) / 2.0, mask=mask)
-    expected = np.clip((np.load(HERE / "garnet_tiny.output.npy") + 1.0) / 2.0, 0.0, 1.0)
-    np.testing.assert_allclose(got, expected, atol=TOL)
-
-
 def test_onnx_export_matches(tiny, tmp_path):
     from restorer.export import export_onnx, parity, run_onnx
 
@@ -102,3 +94,17 @@ def test_onnx_export_matches(tiny, tmp_path):
     assert check.ok, check
     got = run_onnx(path, {"image": image, "mask": mask})
     np.testing.assert_allclose(got, np.load(HERE / "garnet_tiny.output.npy"), atol=TOL, rtol=TOL)
+
+
+def test_catalog_entry_builds_the_released_shapes():
+    from restorer.archs import build
+    from restorer.catalog import load_catalog
+
+    spec = load_catalog().get("garnet")
+    assert spec.tasks == ("remove-text",) and spec.non_commercial
+    assert spec.input_range == (-1.0, 1.0) and spec.pad_multiple == 32
+    assert spec.manifest == "garnet/garnet_saved_model.keys.json"
+    _, entries = load_manifest(FIXTURES / spec.manifest)
+    with torch.device("meta"):
+        model = build(spec.arch, spec.hparams)
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == {n: s for n, s, _ in entries}

@@ -250,21 +250,3 @@ class GaRNet(nn.Module):
         x = F.elu(lateral1 + self.uplayer4(x))
         return self.uplayer5(x)
 
-
-def numpy_callable(model: GaRNet):
-    """`net(image, mask=mask)` on numpy arrays in the pipeline's convention (image NCHW RGB in
-    [0, 1], mask N1HW with 1 = text, output in [0, 1]), running `model` in eager PyTorch.
-    Each sample runs alone, as in the official test."""
-    model = model.eval()
-
-    def run(image, mask):
-        outputs = []
-        with torch.no_grad():
-            for i in range(image.shape[0]):
-                x = torch.from_numpy(image[i : i + 1]).float() * 2.0 - 1.0
-                m = torch.from_numpy(mask[i : i + 1]).float()
-                outputs.append(((model(x, m) + 1.0) / 2.0).clamp(0.0, 1.0))
-        return torch.cat(outputs).numpy()
-
-    run.pad_multiple = PAD_MULTIPLE
-    return run
