@@ -52,9 +52,13 @@ def export_onnx(
         shapes[image] = {0: batch, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     else:
         shapes[image] = {0: batch}
+    image_hw = tuple(inputs[image].shape[2:])
     for name in names[1:]:
         t = inputs[name]
         shapes[name] = {0: batch} if t.dim() > 0 else {}
+        if dynamic_hw and t.dim() == 4 and tuple(t.shape[2:]) == image_hw:
+            # a per-pixel input (a mask) follows the image's height and width
+            shapes[name].update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
     if len(names) == 1:
         shapes = {image: shapes[image]}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -240,8 +240,9 @@ def run_tiled(
             tile //= 2
             if on_retry:
                 on_retry(f"out of memory; retrying from row {y_from} with {tile}px tiles")
-    out = acc / np.maximum(weights, 1e-12)[..., None]
-    return out[: orig_h * s, : orig_w * s]
+    np.maximum(weights, 1e-12, out=weights)
+    np.divide(acc, weights[..., None], out=acc)  # in place: the output is the largest array here
+    return acc[: orig_h * s, : orig_w * s]
 
 
 def _is_per_pixel(value: np.ndarray, shape: tuple[int, int]) -> bool:
