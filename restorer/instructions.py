@@ -193,9 +193,14 @@ WEAK: dict[str, dict[str, float]] = {
     "enhance": {"improve": 1.0, "better": 1.0, "nicer": 1.0, "nice": 0.8, "edit": 1.0,
                 "fix": 0.6, "good": 0.6, "great": 0.6, "pretty": 0.8, "look": 0.5,
                 "awesome": 0.8, "amazing": 0.8, "perfect": 0.6, "style": 0.6, "filter": 0.8,
-                "instagram": 1.0, "artistic": 0.8, "mood": 0.6, "touch up": 1.2},
+                "instagram": 1.0, "artistic": 0.8, "mood": 0.6, "touch up": 1.2,
+                # plain complaints, and colour names (a colour cast)
+                "ugly": 0.6, "bad": 0.5, "terrible": 0.5, "awful": 0.5, "horrible": 0.5,
+                "poor": 0.5, "yellow": 0.6, "blue": 0.6, "green": 0.6, "red": 0.6,
+                "orange": 0.6, "purple": 0.6, "magenta": 0.6, "cyan": 0.6},
     "superres": {"big": 1.5, "large": 1.5, "quality": 1.5, "detail": 1.5, "small": 1.5, "tiny": 1.2, "clarity": 0.8,
                  "definition": 1.2},
+    "derain": {"wet": 1.0, "water": 0.8, "umbrella": 1.0},
     "dehaze": {"clear": 1.2, "clarity": 1.0, "visibility": 1.5, "visible": 1.2, "cloudy": 1.0,
                "grey": 0.8, "gray": 0.8},
     "lowlight": {"see": 1.0, "light": 1.0, "lit": 1.0, "evening": 1.0, "black": 0.8,
@@ -241,7 +246,7 @@ NEGATIONS: dict[str, str] = {
 # "don't want/like/need X": X is something the user wants gone, unless X is an action or a
 # quality ("I don't want it brighter").
 WANT_WORDS = ("want", "like", "need", "wanna")
-OR_WORDS = ("or", "nor")
+OR_WORDS = ("or",)  # "nor" is a negation of its own
 SEPARATORS = ("and", "but", "also", "plus", "while", "as well as", "as well", "&", "however",
               "although", "though")
 # Order markers. then: the next clause comes later; first/finally: to the front/back;
@@ -322,7 +327,8 @@ _STEM_EXCEPTIONS = {
     "pixel": "pixel", "pixels": "pixel",
     "spots": "spots", "spot": "spots", "spotty": "spots",
     "details": "detail", "detailed": "detail",
-    "bigger": "bigger", "larger": "larger",
+    "bigger": "bigger", "larger": "larger", "lightly": "lightly", "hardly": "hardly",
+    "yellowed": "yellowed", "yellowing": "yellowed",
     "lit": "lit", "light": "light", "lights": "light", "lighting": "light",
     "news": "news", "its": "its", "it's": "it",
 }
@@ -442,7 +448,7 @@ _TYPO_TARGETS: dict[str, list[str]] = {}
 for _key, _entries in sorted(_INDEX.items()):
     if len(_key) == 1 and len(_key[0]) >= 4 and _key[0].isalpha() and any(e.kind in ("term", "weak") for e in _entries):
         _TYPO_TARGETS.setdefault(_key[0][0], []).append(_key[0])
-_SINGLE_STEMS = {k[0] for k in _INDEX if len(k) == 1} | {k[0] for k in _INDEX}
+_FIRST_STEMS = {k[0] for k in _INDEX}  # words the lexicon knows (alone or opening a phrase)
 
 
 def _typo_target(stem: str) -> str | None:
@@ -483,7 +489,7 @@ def _items(tokens: list[_Token], notes: list[str]) -> list[_Item]:
     stems = []
     for tok in tokens:
         stem = tok.stem
-        if stem not in _SINGLE_STEMS and tok.raw.isalpha():
+        if stem not in _FIRST_STEMS and tok.raw.isalpha():
             target = _typo_target(stem)
             if target is not None:
                 notes.append(f"read {tok.raw!r} as a typo for {target!r}")
@@ -706,7 +712,7 @@ def _read(items: list[_Item], text: str) -> tuple[list[_Clause], list[_Hit]]:
             clause.multipliers.append((item.entries[0].value, item.raw))
             continue
         if item.kind == "weak":
-            for entry in item.entries:
+            for entry in (e for e in item.entries if e.kind == "weak"):
                 hits.append(_Hit(entry.detail, "weak", index, item.start, item.end, weight=entry.value))
             _tick(negation)
             continue
