@@ -1,0 +1,1 @@
+"""The PySide6 desktop app; depends on restorer/, never the reverse."""
