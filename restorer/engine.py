@@ -182,8 +182,13 @@ def restore(image: Image, steps: list[Step], ctx: Context) -> tuple[Image, list[
     reports = []
     for step in steps:
         start = time.perf_counter()
+        target = _target_size(step, image)
+        if target is not None:
+            step = _superres_step_for(step, image, ctx.options)
         report = StepReport(step.task, step.model, step.backend)
-        if step.backend == "pipeline" or step.task in ("old-photo", "remove-text"):
+        if step.backend == "resize":
+            pass  # the target size is reached by the resize below
+        elif step.backend == "pipeline" or step.task in ("old-photo", "remove-text"):
             from restorer.pipelines import run_pipeline
 
             image = run_pipeline(step, image, ctx, report)
@@ -193,9 +198,49 @@ def restore(image: Image, steps: list[Step], ctx: Context) -> tuple[Image, list[
             report.notes.extend(runner.info.notes)
             extra = step_inputs(step, runner, ctx)
             image = apply_runner(image, runner, ctx, extra=extra)
+        if target is not None and (image.width, image.height) != target:
+            image = _resize_image(image, target)
+            report.notes.append(f"resized to {target[0]}x{target[1]} to reach the size asked for")
         report.seconds = time.perf_counter() - start
         reports.append(report)
     return image, reports
+
+
+def _target_size(step: Step, image: Image) -> tuple[int, int] | None:
+    """(width, height) a superres step was asked to reach ("to 4K", "1080p"), or None."""
+    o = step.options
+    if step.task != "superres" or not ("target_long_side" in o or "target_short_side" in o):
+        return None
+    w, h = image.width, image.height
+    if "target_long_side" in o:
+        f = o["target_long_side"] / max(w, h)
+    else:
+        f = o["target_short_side"] / min(w, h)
+    return max(1, round(w * f)), max(1, round(h * f))
+
+
+def _superres_step_for(step: Step, image: Image, options: Options) -> Step:
+    """Pick the model scale that reaches a target size for this image (then resize down)."""
+    from restorer.instructions import resolve_scale
+
+    scales = sorted({s.scale for s in load_catalog().for_task("superres") if installed(s) and not s.builtin}
+                    | {2, 3, 4})
+    scale = resolve_scale(step.options, image.width, image.height, available=tuple(scales))
+    if scale <= 1:
+        return Step("superres", "resize", "resize", dict(step.options), why="already at the size asked for")
+    opts = Options(options.device, options.tile, scale, options.strength, dict(options.extra))
+    chosen = resolve_task("superres", opts, prompt=step.prompt)
+    chosen.options.update({k: v for k, v in step.options.items() if k != "scale"})
+    return chosen
+
+
+def _resize_image(image: Image, size: tuple[int, int]) -> Image:
+    w, h = size
+    shrinking = w < image.width
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4
+    pixels = cv2.resize(image.pixels, (w, h), interpolation=interp).reshape(h, w, -1)
+    alpha = None if image.alpha is None else cv2.resize(image.alpha, (w, h), interpolation=interp)
+    return Image(np.clip(pixels, 0, 1).astype(np.float32), alpha, image.meta)
 
 
 def step_inputs(step: Step, runner: Runner, ctx: Context) -> dict[str, np.ndarray] | None:
