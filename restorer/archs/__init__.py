@@ -27,6 +27,8 @@ ARCHS: dict[str, str] = {
     "MambaIRv2": "restorer.archs.mambairv2:MambaIRv2",
     "MambaIRv2Light": "restorer.archs.mambairv2:MambaIRv2Light",
     "CascadedGaze": "restorer.archs.cgnet:CascadedGaze",
+    "GCENetMHLocal": "restorer.archs.cgnet:GCENetMHLocal",
+    "CascadedGazeNetBiggerLocal": "restorer.archs.cgnet:CascadedGazeNetBiggerLocal",
     "MIRNet": "restorer.archs.mirnet:MIRNet",
     "MIRNet_v2": "restorer.archs.mirnet_v2:MIRNetV2",
     "InstructIR": "restorer.archs.instructir:InstructIR",

@@ -325,9 +325,9 @@ class CascadedGaze(_CascadedGazeUNet):
             out_channels=img_channel,
         )
 
-    def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        h, w = inp.shape[-2:]
-        x = self.pad(inp)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = self.pad(x)
         return (self.body(x) + x)[:, :, :h, :w]
 
 
@@ -386,10 +386,10 @@ class GCENetMHLocal(_CascadedGazeUNet):
         self.n_heads = n_heads
         self.combinate_heads = combinate_heads
 
-    def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        b = inp.shape[0]
-        h, w = inp.shape[-2:]
-        x = self.pad(inp)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        h, w = x.shape[-2:]
+        x = self.pad(x)
         heads = self.body(x)
         heads = heads.view(b, self.n_heads, self.img_channel, x.shape[-2], x.shape[-1])
         if self.combinate_heads:
@@ -433,7 +433,7 @@ class CascadedGazeNetBiggerLocal(_CascadedGazeUNet):
             out_channels=img_channel,
         )
 
-    def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        h, w = inp.shape[-2:]
-        x = self.pad(inp)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = self.pad(x)
         return (self.body(x).clamp(-1.0, 1.0) + x)[:, :, :h, :w]

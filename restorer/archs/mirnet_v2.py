@@ -181,9 +181,9 @@ class MIRNetV2(nn.Module):
         self.body = nn.Sequential(*[RRG(n_feat, n_MRB, chan_factor, bias, g) for g in self.GROUPS])
         self.conv_out = nn.Conv2d(n_feat, out_channels, 3, padding=1, bias=bias)
 
-    def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        shallow = self.conv_in(inp)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shallow = self.conv_in(x)
         deep = self.body(shallow)
         if self.task == "defocus_deblurring":
             return self.conv_out(deep + shallow)
-        return self.conv_out(deep) + inp
+        return self.conv_out(deep) + x
