@@ -20,6 +20,11 @@ from restorer.runtime.base import Runner
 from restorer.tiles import CancelToken, ProgressFn, run_tiled
 
 
+# Tasks run by a multi-stage pipeline, and the built-in operator each falls back to when
+# its networks are not installed (classical detection + inpainting).
+PIPELINE_FALLBACKS = {"old-photo": "builtin:inpaint", "remove-text": "builtin:inpaint"}
+
+
 class RequestError(Exception):
     """The request cannot be served (unknown model, nothing installed for a task); exit 2."""
 
@@ -115,6 +120,9 @@ def resolve_task(task: str, options: Options, catalog: Catalog | None = None, pr
         if installed(spec):
             return Step(task, spec.id, _backend_of(spec), _step_options(spec, options), prompt=prompt,
                         why=f"best installed model for {task}")
+    if task in PIPELINE_FALLBACKS:
+        return Step(task, PIPELINE_FALLBACKS[task], "pipeline", _step_options(catalog.get(PIPELINE_FALLBACKS[task]), options),
+                    prompt=prompt, why=f"no network for {task} is installed; using classical fallbacks")
     builtins = [s for s in catalog.for_task(task) if s.builtin]
     if builtins:
         spec = builtins[0]
@@ -124,6 +132,8 @@ def resolve_task(task: str, options: Options, catalog: Catalog | None = None, pr
 
 
 def _backend_of(spec: ModelSpec) -> str:
+    if any(t in PIPELINE_FALLBACKS for t in spec.tasks):
+        return "pipeline"
     if spec.builtin:
         return "builtin"
     if spec.is_pipeline:

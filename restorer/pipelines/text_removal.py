@@ -210,3 +210,50 @@ def remove_text(
     else:
         result[mask_used, :3] = fill[mask_used]
     return result, mask_used, stages
+
+
+def run(step, image, ctx, report):
+    """The remove-text step of a restore: detect (or read --mask), fill, composite.
+
+    step.model is the fill network's catalog id ("garnet") or "builtin:inpaint" when no
+    network is installed. ctx.stage_images receives the mask actually used, for
+    --save-intermediates.
+    """
+    import time
+
+    from restorer import imaging
+
+    opts = step.options
+    pixels = image.pixels
+    height, width = pixels.shape[:2]
+    mask = None
+    boxes = None
+    t0 = time.perf_counter()
+    if opts.get("mask"):
+        user = imaging.load(opts["mask"])
+        if (user.height, user.width) != (height, width):
+            raise ValueError(f"mask '{opts['mask']}' is {user.width}x{user.height}, the image is {width}x{height}")
+        mask = user.pixels.mean(axis=2) > 0.5  # white = remove
+        report.stages.append({"stage": "mask", "backend": f"user mask {opts['mask']}",
+                              "seconds": round(time.perf_counter() - t0, 3)})
+    else:
+        boxes = detect_text(pixels)
+        report.stages.append({"stage": "detect", "backend": "text-detector-dbnet (bundled, ONNX Runtime)",
+                              "boxes": len(boxes), "seconds": round(time.perf_counter() - t0, 3)})
+    net = None
+    if step.model != "builtin:inpaint":
+        from restorer import store
+        from restorer.catalog import load_catalog
+
+        net = store.runner(load_catalog().get(step.model), device=ctx.options.device)
+        report.runner, report.provider = net.info.backend, net.info.provider
+        report.notes.extend(net.info.notes)
+    else:
+        report.runner, report.provider = "builtin", "numpy"
+    t1 = time.perf_counter()
+    result, mask_used, _ = remove_text(pixels, net=net, mask=mask, boxes=boxes,
+                                       dilate=int(opts.get("dilate", DEFAULT_DILATE)))
+    report.stages.append({"stage": "fill", "backend": step.model, "pixels": int(mask_used.sum()),
+                          "seconds": round(time.perf_counter() - t1, 3)})
+    ctx.stage_images["text-mask"] = mask_used.astype(np.float32)[:, :, None]
+    return image.with_pixels(result)
