@@ -37,6 +37,7 @@ ARCHS: dict[str, str] = {
     "OldPhotoVAE": "restorer.archs.oldphoto.vae:GlobalVAE",
     "OldPhotoMapping": "restorer.archs.oldphoto.mapping:Mapping",
     "OldPhotoMappingNL": "restorer.archs.oldphoto.mapping:MappingWithNonLocal",
+    "OldPhotoMappingPA": "restorer.archs.oldphoto.mapping:MappingPatchAttention",
     "OldPhotoScratchUNet": "restorer.archs.oldphoto.scratch:ScratchUNet",
     "OldPhotoFaceSPADE": "restorer.archs.oldphoto.face:FaceSPADEGenerator",
 }
