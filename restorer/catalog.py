@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 TASKS = (
     "denoise", "deblur", "derain", "dehaze", "lowlight", "enhance",
@@ -110,7 +111,23 @@ def parse(text: str) -> Catalog:
     return Catalog([_spec(e) for e in tomllib.loads(text).get("model", [])])
 
 
-@lru_cache(maxsize=1)
 def load_catalog() -> Catalog:
+    """The packaged catalog plus the user's own entries (<store home>/catalog.toml), which
+    describe models restorer does not ship an entry for; a user entry replaces a packaged
+    one with the same id."""
+    from restorer.store import home
+
+    return _load(str(home() / "catalog.toml"))
+
+
+@lru_cache(maxsize=4)
+def _load(user_catalog: str) -> Catalog:
     text = resources.files("restorer_models").joinpath("catalog.toml").read_text(encoding="utf-8")
-    return parse(text)
+    specs = {s.id: s for s in parse(text)}
+    user = Path(user_catalog)
+    if user.is_file():
+        try:
+            specs.update({s.id: s for s in parse(user.read_text(encoding="utf-8"))})
+        except (tomllib.TOMLDecodeError, TypeError) as e:
+            raise ValueError(f"cannot read '{user}': {e}") from None
+    return Catalog(list(specs.values()))
