@@ -1,1 +1,1 @@
-"""The PySide6 desktop app; depends on restorer/, never the reverse."""
+"""The PySide6 desktop app (installed as restorer_ui); depends on restorer/, never the reverse."""

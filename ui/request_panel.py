@@ -1,0 +1,187 @@
+"""What to do to a photo: a task and a model, or an instruction in words, with the plan that
+will run shown live underneath (the same resolve_* calls the CLI makes)."""
+
+from __future__ import annotations
+
+import html
+from typing import Callable
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QStandardItemModel
+from PySide6.QtWidgets import (
+    QButtonGroup, QComboBox, QFormLayout, QLabel, QLineEdit, QRadioButton, QVBoxLayout, QWidget,
+)
+
+from restorer import engine
+from restorer.catalog import TASKS, Catalog, load_catalog
+
+TASK_LABELS = {
+    "denoise": "Remove noise", "deblur": "Remove blur", "derain": "Remove rain", "dehaze": "Remove haze",
+    "lowlight": "Brighten a dark photo", "enhance": "Enhance colour and tone", "superres": "Upscale (super-resolution)",
+    "jpeg": "Remove JPEG artefacts", "old-photo": "Repair an old photo", "remove-text": "Remove text",
+}
+AUTO = ""  # the model combo's "best installed" entry
+
+
+class RequestPanel(QWidget):
+    planChanged = Signal(bool)  # True when the current request resolves to steps
+
+    def __init__(self, options: Callable[..., engine.Options], catalog: Catalog | None = None, parent=None):
+        super().__init__(parent)
+        self.options = options  # settings -> Options, called with scale=
+        self.catalog = catalog or load_catalog()
+        self.ok = False
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+
+        self.by_task = QRadioButton("By task")
+        self.by_instruction = QRadioButton("By instruction")
+        self.by_task.setChecked(True)
+        group = QButtonGroup(self)
+        group.addButton(self.by_task)
+        group.addButton(self.by_instruction)
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.task = QComboBox()
+        for task in TASKS:
+            self.task.addItem(TASK_LABELS.get(task, task), task)
+        self.model = QComboBox()
+        self.model.setMinimumContentsLength(18)
+        self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.scale = QComboBox()
+        for s in (2, 3, 4):
+            self.scale.addItem(f"x{s}", s)
+        self.scale_label = QLabel("Scale")
+        form.addRow("Task", self.task)
+        form.addRow("Model", self.model)
+        form.addRow(self.scale_label, self.scale)
+
+        self.instruction = QLineEdit()
+        self.instruction.setPlaceholderText('e.g. "remove the noise, then upscale 2x"')
+        self.instruction.setClearButtonEnabled(True)
+
+        self.plan = QLabel()
+        self.plan.setWordWrap(True)
+        self.plan.setTextFormat(Qt.TextFormat.RichText)
+        self.plan.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.plan.setMinimumHeight(40)
+
+        layout.addWidget(self.by_task)
+        layout.addLayout(form)
+        layout.addWidget(self.by_instruction)
+        layout.addWidget(self.instruction)
+        layout.addWidget(self.plan)
+
+        self._timer = QTimer(self, singleShot=True, interval=200)
+        self._timer.timeout.connect(self.update_plan)
+        self.task.currentIndexChanged.connect(self._task_changed)
+        self.model.currentIndexChanged.connect(self.schedule)
+        self.scale.currentIndexChanged.connect(self.schedule)
+        self.by_task.toggled.connect(self._mode_changed)
+        self.instruction.textEdited.connect(self._instruction_edited)
+        self._task_changed()
+        self._mode_changed()
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def mode(self) -> str:
+        return "task" if self.by_task.isChecked() else "instruction"
+
+    def set_task(self, task: str, model: str = AUTO) -> None:
+        self.by_task.setChecked(True)
+        self.task.setCurrentIndex(TASKS.index(task))
+        index = self.model.findData(model)
+        if index >= 0:
+            self.model.setCurrentIndex(index)
+        self.update_plan()
+
+    def set_instruction(self, text: str) -> None:
+        self.instruction.setText(text)
+        self.by_instruction.setChecked(True)
+        self.update_plan()
+
+    def refresh_models(self) -> None:
+        """Rebuild the model list (after an install or removal)."""
+        self._task_changed()
+
+    def _task_changed(self) -> None:
+        task = self.task.currentData()
+        keep = self.model.currentData()
+        self.model.blockSignals(True)
+        self.model.clear()
+        self.model.addItem("Best installed (automatic)", AUTO)
+        items: QStandardItemModel = self.model.model()
+        for spec in self.catalog.for_task(task):
+            ready = engine.installed(spec)
+            label = f"Built-in: {spec.title}" if spec.builtin else f"{spec.title} [{spec.id}]"
+            if spec.non_commercial:
+                label += " (non-commercial)"
+            if not ready:
+                label += " (not installed)"
+            self.model.addItem(label, spec.id)
+            if not ready:
+                items.item(self.model.count() - 1).setEnabled(False)
+        index = self.model.findData(keep)
+        self.model.setCurrentIndex(index if index >= 0 and items.item(index).isEnabled() else 0)
+        self.model.blockSignals(False)
+        superres = task == "superres"
+        self.scale.setVisible(superres)
+        self.scale_label.setVisible(superres)
+        self.schedule()
+
+    def _mode_changed(self) -> None:
+        by_task = self.by_task.isChecked()
+        for w in (self.task, self.model, self.scale):
+            w.setEnabled(by_task)
+        self.schedule()
+
+    def _instruction_edited(self, text: str) -> None:
+        if text.strip() and not self.by_instruction.isChecked():
+            self.by_instruction.setChecked(True)
+        self.schedule()
+
+    def schedule(self) -> None:
+        self._timer.start()
+
+    # ------------------------------------------------------------ resolving
+
+    def steps(self) -> list[engine.Step]:
+        """The steps the current request resolves to; raises engine.RequestError."""
+        if self.mode == "instruction":
+            text = self.instruction.text().strip()
+            if not text:
+                raise engine.RequestError("type what is wrong with the photo, e.g. \"it is noisy and blurry\"")
+            return engine.resolve_instruction(text, self.options(), self.catalog)
+        task = self.task.currentData()
+        scale = self.scale.currentData() if task == "superres" else None
+        options = self.options(scale=scale)
+        model = self.model.currentData()
+        if model:
+            return [engine.resolve_model(model, options, self.catalog)]
+        return [engine.resolve_task(task, options, self.catalog)]
+
+    def update_plan(self) -> None:
+        self._timer.stop()
+        try:
+            steps = self.steps()
+        except engine.RequestError as e:
+            self.ok = False
+            self.plan.setText(f'<span style="color:#c0392b">{html.escape(str(e))}</span>')
+        except Exception as e:  # a planner bug must not take the window down
+            self.ok = False
+            self.plan.setText(f'<span style="color:#c0392b">{html.escape(type(e).__name__ + ": " + str(e))}</span>')
+        else:
+            self.ok = True
+            lines = []
+            for n, step in enumerate(steps, 1):
+                opts = ", ".join(f"{k}={v}" for k, v in step.options.items() if k in ("scale", "strength"))
+                line = f"{n}. <b>{html.escape(step.task)}</b> with {html.escape(step.model)}"
+                if opts:
+                    line += f" ({html.escape(opts)})"
+                if step.why:
+                    line += f' <span style="color:gray">- {html.escape(step.why)}</span>'
+                lines.append(line)
+            self.plan.setText("Plan:<br>" + "<br>".join(lines))
+        self.planChanged.emit(self.ok)
