@@ -1,0 +1,300 @@
+"""Stages of the old-photo pipeline of "Bringing Old Photos Back to Life" (Microsoft), in
+the order and at the resolutions of the official run.py (see the conformance PIPELINE.md):
+
+1. `detect_scratches` (only for photos with scratches): gray, short side 256, UNet,
+   sigmoid >= 0.4, mask back at the image size rounded to multiples of 16.
+   `classical_scratch_mask` is a weight-free stand-in with the same output form.
+2. `restore_global`: VAE_A encoder -> mapping (with the mask for scratches) -> VAE_B
+   decoder, output min-max stretched as the official saving does.
+3-5. faces: `face_template` / `align_face` (similarity transform from 5 landmarks),
+   `enhance_face` (SPADE generator), `blend_face` (colour match, warp back, feathered paste).
+   Finding faces and their landmarks is not part of the release (the official code uses
+   dlib's HOG detector and 68-point predictor); callers supply the 5 points.
+
+Images are numpy float32 H x W x C in [0, 1]. Networks are plain callables on NCHW float32
+numpy arrays in the official ranges ([-1, 1] images, 64-channel latents), so an ONNX
+Runtime session wrapper or a torch module wrapper fits. No torch import here.
+
+Known small differences from the official code, all from resampling on floats instead of
+PIL/skimage on uint8: bicubic resizes use OpenCV's kernel (PIL's differs slightly), the
+gray conversion is not rounded to 8 bits, and the warp back uses OpenCV's bicubic where
+skimage uses an order-3 spline.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import cv2
+import numpy as np
+
+Net = Callable[..., np.ndarray]
+
+SCRATCH_THRESHOLD = 0.4  # detection.py: sigmoid(logit) >= 0.4 is a scratch
+DETECTOR_SHORT_SIDE = 256
+HR_MASK_DILATION = 3  # test.py --HR: cv2.dilate, 3x3 ones, 3 iterations
+FACE_TEMPLATE_512 = np.array(  # eye centres, nose tip, mouth corners on a 512 frame
+    [[196.0, 226.0], [316.0, 226.0], [256.0, 286.0], [220.0, 360.4], [292.0, 360.4]]
+)
+FACE_SCALE = 1.3  # target_face_scale of the official alignment
+
+
+# ---- sizes and resampling ----
+
+
+def round_to_multiple(value: float, multiple: int) -> int:
+    """int(round(value / multiple) * multiple), with Python's half-to-even round, as run.py."""
+    return int(round(value / multiple) * multiple)
+
+
+def rgb(img: np.ndarray) -> np.ndarray:
+    """H x W x 3 float32: gray is repeated, alpha is dropped (PIL convert('RGB') drops it too)."""
+    img = np.asarray(img, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 1:
+        return np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def resize(img: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
+    if img.shape[:2] == (height, width):
+        return img
+    out = cv2.resize(img, (width, height), interpolation=interpolation)
+    return out[:, :, None] if out.ndim == 2 and img.ndim == 3 else out
+
+
+def resize_nearest(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    """PyTorch's 'nearest': source index floor(dst * in / out)."""
+    rows = np.minimum(np.floor(np.arange(height) * (plane.shape[0] / height)).astype(int), plane.shape[0] - 1)
+    cols = np.minimum(np.floor(np.arange(width) * (plane.shape[1] / width)).astype(int), plane.shape[1] - 1)
+    return plane[rows][:, cols]
+
+
+def to_multiple_of_16(img: np.ndarray) -> np.ndarray:
+    """The scratch path's working image: RGB, each side rounded to a multiple of 16 (bicubic)."""
+    img = rgb(img)
+    h, w = img.shape[:2]
+    return np.clip(resize(img, round_to_multiple(h, 16), round_to_multiple(w, 16), cv2.INTER_CUBIC), 0, 1)
+
+
+def detector_size(height: int, width: int, short_side: int = DETECTOR_SHORT_SIDE) -> tuple[int, int]:
+    """Short side to 256, long side scaled and rounded to a multiple of 16 (detection.py)."""
+    if height < width:
+        return round_to_multiple(short_side, 16), round_to_multiple(width / height * short_side, 16)
+    return round_to_multiple(height / width * short_side, 16), round_to_multiple(short_side, 16)
+
+
+def nchw(img: np.ndarray) -> np.ndarray:
+    """H x W x C [0, 1] -> 1 x C x H x W in [-1, 1]."""
+    return np.ascontiguousarray((img.transpose(2, 0, 1)[None] * 2 - 1).astype(np.float32))
+
+
+def gray(img: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma, as PIL convert('L')."""
+    img = rgb(img)
+    return (img[:, :, 0] * 0.299 + img[:, :, 1] * 0.587 + img[:, :, 2] * 0.114).astype(np.float32)
+
+
+# ---- step 1: scratches ----
+
+
+def detect_scratches(
+    img: np.ndarray, net: Net, threshold: float = SCRATCH_THRESHOLD, short_side: int = DETECTOR_SHORT_SIDE
+) -> np.ndarray:
+    """Scratch mask (bool H16 x W16, True = scratch) of `img` resized to multiples of 16.
+
+    Order as detection.py: RGB -> sides rounded to multiples of 16 (bicubic) -> gray ->
+    [-1, 1] -> bilinear to a 256 short side -> net (1 x 1 x h x w logits) -> sigmoid ->
+    nearest back to the 16-multiple size -> >= threshold. No dilation here.
+    Use `to_multiple_of_16(img)` for the matching image.
+    """
+    work = to_multiple_of_16(img)
+    h16, w16 = work.shape[:2]
+    luma = gray(work) * 2 - 1
+    dh, dw = detector_size(h16, w16, short_side)
+    small = cv2.resize(luma, (dw, dh), interpolation=cv2.INTER_LINEAR)  # half-pixel, no antialias
+    logits = np.asarray(net(np.ascontiguousarray(small[None, None], dtype=np.float32)), dtype=np.float32)
+    probability = 1 / (1 + np.exp(-logits[0, 0].astype(np.float64)))
+    return resize_nearest(probability, h16, w16) >= threshold
+
+
+def classical_scratch_mask(
+    img: np.ndarray, line_length: int = 9, contrast: float = 0.05, min_area: int = 15
+) -> np.ndarray:
+    """Weight-free scratch mask (bool, same size as img; True = scratch).
+
+    Scratches on prints are thin, long, and much lighter (or darker) than their
+    surroundings. On the gray image: the white top-hat with a 3x3 opening removes
+    everything wider than ~2 px, and the maximum of the top-hats with line-shaped openings
+    (length `line_length`, 4 orientations) keeps only what is also elongated; the same for
+    dark lines with black-hats. Pixels whose line response exceeds `contrast` (on [0, 1])
+    become candidates; connected pieces smaller than `min_area` pixels are dropped (grain),
+    and the mask is dilated by one pixel to cover the scratch edges.
+    """
+    luma = gray(img)
+    length = max(3, int(line_length) | 1)
+    kernels = []
+    for angle in (0, 45, 90, 135):
+        line = np.zeros((length, length), np.uint8)
+        c = length // 2
+        dx, dy = np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))
+        for t in range(-c, c + 1):
+            line[int(round(c + t * dy)), int(round(c + t * dx))] = 1
+        kernels.append(line)
+    response = np.zeros_like(luma)
+    thin = np.ones((3, 3), np.uint8)
+    for sign in (1.0, -1.0):  # bright scratches, then dark ones
+        plane = luma if sign > 0 else 1 - luma
+        # thin: what a 3x3 opening removes; elongated: what survives an opening along a line
+        thin_part = plane - cv2.morphologyEx(plane, cv2.MORPH_OPEN, thin)
+        along = np.max([cv2.morphologyEx(thin_part, cv2.MORPH_OPEN, k) for k in kernels], axis=0)
+        response = np.maximum(response, along)
+    candidates = (response > contrast).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(candidates, connectivity=8)
+    keep = np.zeros(count, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    mask = keep[labels].astype(np.uint8)
+    return cv2.dilate(mask, thin).astype(bool)
+
+
+# ---- step 2: global restoration ----
+
+
+def restore_global(
+    img: np.ndarray,
+    mask: np.ndarray | None,
+    vae_a_encode: Net,
+    mapping: Net,
+    vae_b_decode: Net,
+    hr: bool = False,
+) -> np.ndarray:
+    """Global restoration (Global/test.py). Returns RGB H x W x 3 in [0, 1].
+
+    Without a mask (quality path): sides rounded to multiples of 4 (bilinear), then
+    encode -> mapping(latent) -> decode. With a mask (scratch path; img and mask at the
+    same multiple-of-16 size, see `detect_scratches`): with `hr` the mask is dilated
+    (3x3, 3 iterations) first; scratch pixels are painted white ("hole synthesis"), then
+    encode -> mapping(latent, mask 1 x 1 x H x W in {0, 1}) -> decode.
+    The decoder's tanh output is mapped to [0, 1] and min-max stretched over the whole image
+    (torchvision save_image(normalize=True), as the official saving does).
+    """
+    img = rgb(img)
+    if mask is None:
+        h, w = img.shape[:2]
+        img = np.clip(resize(img, round_to_multiple(h, 4), round_to_multiple(w, 4), cv2.INTER_LINEAR), 0, 1)
+        latent = vae_a_encode(nchw(img))
+        mapped = mapping(latent)
+    else:
+        mask = np.asarray(mask).astype(bool)
+        if mask.shape != img.shape[:2] or img.shape[0] % 16 or img.shape[1] % 16:
+            raise ValueError(
+                f"image {img.shape[:2]} and mask {mask.shape} must share one size, a multiple of 16 "
+                "(use to_multiple_of_16 and detect_scratches)"
+            )
+        scratch = mask.astype(np.uint8)
+        if hr:
+            scratch = cv2.dilate(scratch, np.ones((3, 3), np.uint8), iterations=HR_MASK_DILATION)
+        holes = scratch.astype(np.float32)[:, :, None]
+        img = img * (1 - holes) + holes  # scratches become white
+        latent = vae_a_encode(nchw(img))
+        mapped = mapping(latent, np.ascontiguousarray(holes.transpose(2, 0, 1)[None]))
+    out = (np.asarray(vae_b_decode(mapped), dtype=np.float32)[0].transpose(1, 2, 0) + 1) / 2
+    lo, hi = float(out.min()), float(out.max())
+    return ((out - lo) / max(hi - lo, 1e-5)).astype(np.float32)
+
+
+# ---- steps 3-5: faces ----
+
+
+def face_template(size: int) -> np.ndarray:
+    """The 5 target points (x, y) of an aligned face of `size` px (run.py: 256, or 512 with --HR)."""
+    unit = (FACE_TEMPLATE_512 / 256 - 1) * FACE_SCALE
+    return (unit + 1) / 2 * size
+
+
+def landmarks_from_68(points: np.ndarray) -> np.ndarray:
+    """dlib's 68 points -> the official 5 (integer eye centres, nose tip, mouth corners)."""
+    p = np.asarray(points, dtype=np.int64)
+    left = (p[36] + p[39]) // 2
+    right = (p[42] + p[45]) // 2
+    return np.stack([left, right, p[30], p[48], p[54]]).astype(np.float64)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama, as skimage's SimilarityTransform.estimate): 3x3 matrix
+    mapping src points onto dst points."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sv, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1
+    rotation = u @ sign @ vt
+    scale = np.trace(np.diag(sv) @ sign) / s.var(0).sum()
+    matrix = np.eye(3)
+    matrix[:2, :2] = scale * rotation
+    matrix[:2, 2] = mu_d - scale * rotation @ mu_s
+    return matrix
+
+
+def align_face(img: np.ndarray, landmarks5: np.ndarray, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Crop one face to size x size. Returns (face, T) where T maps face pixels to image pixels.
+
+    T = similarity(template -> landmarks); the face is sampled bilinearly through T with
+    black outside the image (skimage warp(image, T, order=1)).
+    """
+    img = rgb(img)
+    transform = similarity_transform(face_template(size), landmarks5)
+    face = cv2.warpAffine(
+        img,
+        transform[:2],
+        (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
+    return face, transform
+
+
+def enhance_face(face: np.ndarray, net: Net) -> np.ndarray:
+    """Aligned face S x S x 3 in [0, 1] -> enhanced face, clamped to [0, 1] (test_face.py)."""
+    out = np.asarray(net(nchw(rgb(face))), dtype=np.float32)[0].transpose(1, 2, 0)
+    return np.clip((out + 1) / 2, 0, 1)
+
+
+def match_colours(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-channel histogram matching on 8-bit values (256-bin CDF lookup), float in and out."""
+    src = np.clip(source * 255 + 0.5, 0, 255).astype(np.uint8)
+    ref = np.clip(reference * 255 + 0.5, 0, 255).astype(np.uint8)
+    out = np.empty_like(src)
+    for c in range(src.shape[2]):
+        src_cdf = np.cumsum(np.bincount(src[:, :, c].ravel(), minlength=256)) / src[:, :, c].size
+        ref_cdf = np.cumsum(np.bincount(ref[:, :, c].ravel(), minlength=256)) / ref[:, :, c].size
+        lookup = np.searchsorted(ref_cdf, src_cdf, side="left").clip(0, 255).astype(np.uint8)
+        out[:, :, c] = lookup[src[:, :, c]]
+    return out.astype(np.float32) / 255
+
+
+def blend_face(img: np.ndarray, enhanced: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """Paste one enhanced face back (align_warp_back_multiple_dlib.py).
+
+    The face's colours are matched to the plain aligned crop, it is warped back (bicubic),
+    and blended with an alpha made from the warped face square: x255, eroded (9x9, 3
+    iterations), Gaussian-blurred (25x25, sigma from OpenCV's default), /255.
+    """
+    img = rgb(img)
+    size = enhanced.shape[0]
+    h, w = img.shape[:2]
+    aligned = cv2.warpAffine(img, transform[:2], (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    face = match_colours(enhanced, aligned)
+    back = cv2.warpAffine(face, transform[:2], (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
+    square = np.ones((size, size), np.float32)
+    region = cv2.warpAffine(square, transform[:2], (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+    alpha = cv2.erode(region * 255, np.ones((9, 9), np.uint8), iterations=3)
+    alpha = cv2.GaussianBlur(alpha, (25, 25), 0) / 255
+    out = back * alpha[:, :, None] + img * (1 - alpha[:, :, None])
+    return np.clip(out, 0, 1).astype(np.float32)
