@@ -9,6 +9,8 @@ shown in the middle of each pane.
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QPen
 from PySide6.QtWidgets import QWidget
@@ -19,6 +21,11 @@ MODES = ("split", "side", "diff")
 MIN_ZOOM, MAX_ZOOM = 0.01, 32.0
 DIVIDER_GRAB = 8  # pixels either side of the divider that pick it up
 BACKGROUND = QColor(48, 48, 48)
+
+
+def _middle(pane: QRectF) -> QPointF:
+    """A pane's centre on a whole pixel, so 100% zoom maps pixels one to one."""
+    return QPointF(math.floor(pane.left() + pane.width() / 2), math.floor(pane.top() + pane.height() / 2))
 
 
 class CompareView(QWidget):
@@ -92,11 +99,11 @@ class CompareView(QWidget):
 
     def canvas_to_widget(self, point: QPointF, pane: QRectF | None = None) -> QPointF:
         pane = pane or self.panes()[0]
-        return pane.center() + (point - self.center) * self.zoom
+        return _middle(pane) + (point - self.center) * self.zoom
 
     def widget_to_canvas(self, pos: QPointF, pane: QRectF | None = None) -> QPointF:
         pane = pane or self.pane_at(pos)
-        return self.center + (pos - pane.center()) / self.zoom
+        return self.center + (pos - _middle(pane)) / self.zoom
 
     def divider_x(self) -> float:
         return self.rect().width() * self.divider
@@ -121,7 +128,7 @@ class CompareView(QWidget):
         if anchor is not None:
             pane = self.pane_at(anchor)
             fixed = self.widget_to_canvas(anchor, pane)
-            self.center = fixed - (anchor - pane.center()) / zoom
+            self.center = fixed - (anchor - _middle(pane)) / zoom
         self.zoom = zoom
         self.fitting = False
         self._clamp()

@@ -1,0 +1,488 @@
+"""The desktop app, driven through its real widgets (offscreen Qt, pytest-qt)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pytestqt")
+
+from PIL import Image as PILImage  # noqa: E402
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QTimer, QUrl  # noqa: E402
+from PySide6.QtGui import QDropEvent, QGuiApplication, QImage, QWheelEvent  # noqa: E402
+
+from restorer import engine, imaging  # noqa: E402
+from restorer.catalog import parse  # noqa: E402
+from restorer.runtime.base import RunnerInfo  # noqa: E402
+from restorer_ui.imageconv import Pyramid, from_qimage  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+BACKGROUND = (48, 48, 48)
+
+
+@pytest.fixture(autouse=True)
+def store_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("RESTORER_HOME", str(home))
+    monkeypatch.delenv("RESTORER_MIRROR", raising=False)
+    return home
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from restorer_ui.settings import AppSettings
+
+    return AppSettings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+
+
+@pytest.fixture
+def window(qtbot, settings):
+    from restorer_ui.main_window import MainWindow
+
+    w = MainWindow(settings)
+    qtbot.addWidget(w)
+    w.resize(1000, 700)
+    w.show()
+    qtbot.waitExposed(w)
+    return w
+
+
+def open_and_wait(qtbot, window, path):
+    window.open_path(path)
+    qtbot.waitUntil(lambda: not window.is_busy(), timeout=10000)
+
+
+def restore_and_wait(qtbot, window, task, model, timeout=20000):
+    window.request.set_task(task, model)
+    assert window.request.ok, window.request.plan.text()
+    window.start_restore()
+    assert window.is_busy()
+    qtbot.waitUntil(lambda: not window.is_busy(), timeout=timeout)
+    assert window.result is not None, window.message.text()
+
+
+def grab(view) -> np.ndarray:
+    return from_qimage(view.grab().toImage())
+
+
+def layer_pixel(pyramid: Pyramid, view, x: float, y: float) -> np.ndarray:
+    """The pixel of a layer (stretched to the canvas) at a widget position."""
+    p = view.widget_to_canvas(QPointF(x, y))
+    cw, _ = view.canvas_size()
+    f = pyramid.width / cw
+    return pyramid.arrays[0][int(p.y() * f), int(p.x() * f), :3].astype(int)
+
+
+# ---------------------------------------------------------------- main window
+
+
+def test_open_restore_and_divider_shows_before_left_after_right(qtbot, window):
+    open_and_wait(qtbot, window, SAMPLES / "lol_low_778.png")
+    assert window.source.width == 600 and window.file_label.text().startswith("<b>lol_low_778.png")
+    restore_and_wait(qtbot, window, "lowlight", "builtin:lowlight")
+    assert window.progress.value() == 1000
+    assert "lowlight: builtin:lowlight" in window.message.text()
+    view = window.view
+    view.actual_size()  # 1:1, no resampling: the screen shows the layers' own pixels
+    qtbot.wait(10)
+
+    def side_of(x, y):
+        shown = grab(view)[y, x].astype(int)
+        d_before = np.abs(shown - layer_pixel(view.before, view, x, y)).sum()
+        d_after = np.abs(shown - layer_pixel(view.after, view, x, y)).sum()
+        assert min(d_before, d_after) <= 6, (shown, d_before, d_after)
+        return "before" if d_before < d_after else "after"
+
+    y = view.height() // 3
+    x_div = int(view.divider_x())
+    assert side_of(x_div - 60, y) == "before"
+    assert side_of(x_div + 60, y) == "after"
+
+    # Drag the divider 150 px to the left: the strip it crossed now shows the result.
+    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=QPoint(x_div, y))
+    for x in range(x_div, x_div - 151, -30):
+        qtbot.mouseMove(view, QPoint(x, y))
+    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, pos=QPoint(x_div - 150, y))
+    assert abs(view.divider_x() - (x_div - 150)) <= 1
+    assert side_of(x_div - 60, y) == "after"
+    assert side_of(x_div - 200, y) == "before"
+
+    # Side by side: both panes show the same canvas point.
+    window.set_view_mode("side")
+    qtbot.wait(10)
+    left, right = view.panes()
+    img = grab(view)
+    c = view.center
+    lp, rp = view.canvas_to_widget(c, left), view.canvas_to_widget(c, right)
+    (lx, ly), (rx, ry) = (int(lp.x()), int(lp.y())), (int(rp.x()), int(rp.y()))
+    before_px = view.before.arrays[0][int(c.y()), int(c.x()), :3].astype(int)
+    after_px = view.after.arrays[0][int(c.y()), int(c.x()), :3].astype(int)
+    assert np.abs(img[ly, lx].astype(int) - before_px).sum() <= 12
+    assert np.abs(img[ry, rx].astype(int) - after_px).sum() <= 12
+
+    window.set_view_mode("diff")
+    qtbot.wait(10)
+    diff = view.diff_pyramid().arrays[0]
+    expected = np.clip(np.abs(view.after.arrays[0][..., :3].astype(int) - view.before.arrays[0][..., :3]) * 4, 0, 255)
+    assert np.array_equal(diff, expected.astype(np.uint8))
+
+
+def test_zoom_and_pan_keep_the_point_under_the_cursor(qtbot, window):
+    open_and_wait(qtbot, window, SAMPLES / "kodim05_crop256.png")
+    view = window.view
+    view.setFocus()
+    view.fit()
+    fit_zoom = view.zoom
+    anchor = QPointF(view.width() * 0.3, view.height() * 0.4)
+    under = view.widget_to_canvas(anchor)
+    wheel = QWheelEvent(anchor, view.mapToGlobal(anchor), QPoint(0, 0), QPoint(0, 240), Qt.MouseButton.NoButton,
+                        Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
+    QGuiApplication.sendEvent(view, wheel)
+    assert view.zoom == pytest.approx(fit_zoom * 1.25 ** 2)
+    after = view.widget_to_canvas(anchor)
+    assert (after.x(), after.y()) == pytest.approx((under.x(), under.y()), abs=1e-6)
+    assert window.zoom_label.text() == f"{view.zoom * 100:.0f}%"
+
+    # Pan by dragging away from the divider: the canvas follows the mouse.
+    center = QPointF(view.center)
+    start = QPoint(int(view.width() * 0.2), int(view.height() * 0.5))
+    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=start)
+    qtbot.mouseMove(view, start + QPoint(40, 30))
+    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, pos=start + QPoint(40, 30))
+    moved = view.center
+    assert (moved.x(), moved.y()) == pytest.approx((center.x() - 40 / view.zoom, center.y() - 30 / view.zoom))
+
+    qtbot.keyClick(view, Qt.Key.Key_1)
+    assert view.zoom == 1.0
+    qtbot.keyClick(view, Qt.Key.Key_Plus)
+    assert view.zoom == pytest.approx(1.25)
+    qtbot.keyClick(view, Qt.Key.Key_0)
+    assert view.fitting and view.zoom == pytest.approx(fit_zoom)
+    # A fitted 256x256 image fills the view's height: no background at the top-centre.
+    assert tuple(grab(view)[2, view.width() // 2]) != BACKGROUND
+
+
+def test_pyramid_paints_a_level_near_the_zoom():
+    big = np.random.default_rng(0).integers(0, 255, (2048, 4096, 3), dtype=np.uint8)
+    pyramid = Pyramid.build(big)
+    assert [lvl.width() for lvl in pyramid.levels] == [4096, 2048, 1024, 512]
+    assert pyramid.level_for(0.1).width() == 512
+    assert pyramid.level_for(0.3).width() == 2048
+    assert pyramid.level_for(1.0).width() == 4096
+    assert pyramid.level_for(3.0).width() == 4096
+
+
+def test_superres_before_is_stretched_to_the_result(qtbot, window):
+    open_and_wait(qtbot, window, SAMPLES / "kodim05_crop256.png")
+    window.request.scale.setCurrentIndex(0)  # x2
+    restore_and_wait(qtbot, window, "superres", "builtin:upscale")
+    view = window.view
+    assert (window.result.width, window.result.height) == (512, 512)
+    assert view.canvas_size() == (512, 512) and view.before.width == 256
+    view.fit()
+    qtbot.wait(10)
+    # The bottom-left of the canvas, left of the divider, shows the original's bottom-left.
+    p = view.canvas_to_widget(QPointF(40, 480))
+    shown = grab(view)[int(p.y()), int(p.x())].astype(int)
+    assert tuple(shown) != BACKGROUND
+    assert np.abs(shown - view.before.arrays[0][240, 20].astype(int)).sum() < 60
+
+
+def test_live_plan_follows_the_instruction(qtbot, window):
+    box = window.request.instruction
+    qtbot.keyClicks(box, "remove the noise then upscale 2x")
+    assert window.request.mode == "instruction"
+    qtbot.waitUntil(lambda: "superres" in window.request.plan.text(), timeout=3000)
+    plan = window.request.plan.text()
+    assert plan.index("denoise") < plan.index("superres") and "builtin:denoise" in plan
+    box.clear()
+    qtbot.keyClicks(box, "zzqx wibble")
+    qtbot.waitUntil(lambda: "#c0392b" in window.request.plan.text(), timeout=3000)
+    assert not window.request.ok
+    assert not window.restore_button.isEnabled()
+
+
+def test_unreadable_file_is_an_error_in_the_window(qtbot, window, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    open_and_wait(qtbot, window, bad)
+    assert "cannot read" in window.message.text() and "broken.jpg" in window.message.text()
+    assert window.source is None and window.isVisible()
+
+
+def test_paste_and_drop_open_images(qtbot, window, tmp_path):
+    image = QImage(64, 48, QImage.Format.Format_RGB888)
+    image.fill(Qt.GlobalColor.red)
+    QGuiApplication.clipboard().setImage(image)
+    window.paste()
+    assert (window.source.width, window.source.height) == (64, 48)
+    assert window.source.pixels[10, 10, 0] == pytest.approx(1.0)
+    assert window.default_save_path().name == "pasted_restored.png"
+
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(SAMPLES / "set12_01_gray.png"))])
+    drop = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                      Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(drop)
+    qtbot.waitUntil(lambda: not window.is_busy(), timeout=5000)
+    assert window.source_path.name == "set12_01_gray.png" and window.source.meta.gray
+    assert window.settings.recent[0].endswith("set12_01_gray.png")
+
+
+def test_save_never_replaces_the_original_without_a_yes(qtbot, window, tmp_path):
+    original = tmp_path / "photo.png"
+    shutil.copy(SAMPLES / "kodim23_crop256.png", original)
+    before = original.read_bytes()
+    open_and_wait(qtbot, window, original)
+    restore_and_wait(qtbot, window, "denoise", "builtin:denoise")
+    assert window.default_save_path() == tmp_path / "photo_restored.png"
+
+    questions = []
+    window.ask = lambda title, text: questions.append(text) or False
+    assert not window.write(original, "png", 95)
+    assert original.read_bytes() == before and "original" in questions[0]
+
+    # Save As JPEG next to it: written atomically, reloads at the result's size.
+    out = tmp_path / "photo_restored.jpg"
+    assert window.write(out, "jpg", 80)
+    qtbot.waitUntil(lambda: window.save_job is None, timeout=10000)
+    assert imaging.load(out).pixels.shape == window.result.pixels.shape
+    assert window.save_path == out
+
+    window.ask = lambda title, text: True
+    assert window.write(original, "png", 95)
+    qtbot.waitUntil(lambda: window.save_job is None, timeout=10000)
+    assert original.read_bytes() != before
+
+
+class SlowRunner:
+    """An identity runner that takes its time on every tile."""
+
+    scale, channels, pad_multiple, overlap = 1, 3, 1, 0
+    preferred_tile = 64
+    whole_image = False
+
+    def __init__(self):
+        self.info = RunnerInfo("builtin:denoise", "builtin", "numpy")
+        self.calls = 0
+
+    def __call__(self, batch, **extra):
+        self.calls += 1
+        time.sleep(0.05)
+        return batch.copy()
+
+
+def test_cancel_a_long_run_and_the_window_stays_responsive(qtbot, window, tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    PILImage.fromarray(np.random.default_rng(1).integers(0, 255, (640, 640, 3), dtype=np.uint8)).save(path)
+    open_and_wait(qtbot, window, path)
+    runner = SlowRunner()
+    monkeypatch.setattr(engine, "make_runner", lambda step, options: runner)
+    window.request.set_task("denoise", "builtin:denoise")
+    ticks = []
+    timer = QTimer(interval=10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    window.start_restore()
+    qtbot.waitUntil(lambda: window.progress.value() > 0, timeout=5000)
+    qtbot.wait(300)
+    assert window.is_busy() and window.cancel_button.isEnabled()
+    assert "tile" in window.progress_label.text()
+    qtbot.waitUntil(lambda: window.eta_label.text().endswith("left"), timeout=3000)
+    calls_at_cancel = runner.calls
+    qtbot.mouseClick(window.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not window.is_busy(), timeout=3000)
+    timer.stop()
+    assert "Cancelled" in window.message.text()
+    assert window.result is None and window.view.after is None
+    assert runner.calls <= calls_at_cancel + 2  # stopped after the tile in flight
+    assert runner.calls < 100  # far from the whole image
+    # The event loop kept running while tiles were computed: no gap of half a second.
+    assert len(ticks) > 20 and max(np.diff(ticks)) < 0.5
+    assert window.restore_button.isEnabled()
+
+
+# ---------------------------------------------------------------- batch
+
+
+def test_batch_of_five_with_a_bad_file(qtbot, settings, tmp_path):
+    from restorer_ui.batch_window import BatchWindow
+
+    source = tmp_path / "in"
+    (source / "sub").mkdir(parents=True)
+    crop = np.asarray(PILImage.open(SAMPLES / "kodim05_crop256.png"))[:64, :64]
+    for i, folder in enumerate([source, source, source / "sub", source / "sub"]):
+        PILImage.fromarray(np.roll(crop, 7 * i, axis=1)).save(folder / f"photo{i}.png")
+    (source / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    target = tmp_path / "out"
+
+    w = BatchWindow(settings)
+    qtbot.addWidget(w)
+    w.show()
+    w.input_edit.setText(str(source))
+    w.output_edit.setText(str(target))
+    w.suffix.setText("_r")
+    w.request.set_task("denoise", "builtin:denoise")
+    qtbot.mouseClick(w.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.is_running(), timeout=20000)
+    assert w.table.rowCount() == 5
+    summary = w.summary.toPlainText()
+    assert summary.startswith("4 restored, 0 skipped (already there), 1 failed"), summary
+    assert "bad.png" in summary
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*.png")) == [
+        "photo0_r.png", "photo1_r.png", "sub/photo2_r.png", "sub/photo3_r.png"]
+    statuses = [w.table.item(r, 2).text() for r in range(5)]
+    assert statuses.count("done") == 4 and statuses.count("FAILED") == 1
+    assert w.progress.value() == 1000
+    # Thumbnails for the rows on screen; none for the file that is not an image.
+    qtbot.waitUntil(lambda: not w._thumb_timer.isActive(), timeout=5000)
+    icons = {w.items[r].input.name: not w.table.item(r, 0).icon().isNull() for r in range(5)}
+    assert icons["bad.png"] is False and sum(icons.values()) == 4
+
+    # Again: what exists is skipped, as restorer-cli does.
+    qtbot.mouseClick(w.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.is_running(), timeout=20000)
+    assert w.summary.toPlainText().startswith("0 restored, 4 skipped (already there), 1 failed")
+
+
+# ---------------------------------------------------------------- model manager
+
+PAYLOAD = b"restorer test weights " * 500
+
+
+def test_catalog_entry(url: str) -> str:
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    return f'''
+[[model]]
+id = "tiny-test"
+title = "Tiny test network"
+family = "test"
+tasks = ["denoise"]
+arch = "test"
+licence = "CC-BY-NC-4.0"
+non_commercial = true
+[[model.files]]
+name = "tiny.safetensors"
+url = "{url}"
+sha256 = "{sha}"
+size = {len(PAYLOAD)}
+'''
+
+
+test_catalog_entry.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture
+def served(tmp_path):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    (folder / "tiny.safetensors").write_bytes(PAYLOAD)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_model_manager_downloads_verifies_and_removes(qtbot, settings, served, store_home, monkeypatch):
+    from restorer_ui.model_manager import ModelManager
+
+    monkeypatch.setenv("RESTORER_MIRROR", served)
+    catalog = parse(test_catalog_entry("https://models.example.invalid/v1/tiny.safetensors"))
+    m = ModelManager(settings, catalog)
+    qtbot.addWidget(m)
+    m.show()
+    assert "Device in use: " in m.device_label.text()
+    assert ("CPU" in m.device_label.text()) or ("CUDA" in m.device_label.text())
+    m.select("tiny-test")
+    row = m.rows("tiny-test")[0]
+    assert m.state_of("tiny-test") == "not installed"
+    assert "NON-COMMERCIAL" in row.text(3) and row.text(2) == "11.0 KB"
+    assert m.buttons["download"].isEnabled() and not m.buttons["verify"].isEnabled()
+
+    changed = []
+    m.changed.connect(lambda: changed.append(1))
+    qtbot.mouseClick(m.buttons["download"], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: m.job is None, timeout=10000)
+    assert m.state_of("tiny-test") == "installed", m.status.text()
+    assert (store_home / "models" / "tiny-test" / "tiny.safetensors").read_bytes() == PAYLOAD
+    assert "installed: tiny-test" in m.status.text() and m.progress.value() == 1000 and changed
+
+    m.select("tiny-test")
+    qtbot.mouseClick(m.buttons["verify"], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: m.job is None, timeout=10000)
+    assert "every file is sound" in m.status.text()
+
+    m.select("tiny-test")
+    m.ask = lambda title, text: True
+    qtbot.mouseClick(m.buttons["remove"], Qt.MouseButton.LeftButton)
+    assert m.state_of("tiny-test") == "not installed"
+    assert not (store_home / "models" / "tiny-test").exists()
+
+
+def test_model_manager_reports_a_failed_download(qtbot, settings, served, monkeypatch):
+    from restorer_ui.model_manager import ModelManager
+
+    monkeypatch.setenv("RESTORER_MIRROR", served)
+    catalog = parse(test_catalog_entry("https://models.example.invalid/v1/missing.safetensors"))
+    m = ModelManager(settings, catalog)
+    qtbot.addWidget(m)
+    m.select("tiny-test")
+    m.download_selected()
+    qtbot.waitUntil(lambda: m.job is None, timeout=10000)
+    assert "HTTP 404" in m.status.text() and m.state_of("tiny-test") == "not installed"
+
+
+# ---------------------------------------------------------------- start-up
+
+
+def test_settings_round_trip(settings):
+    settings.device, settings.tile, settings.output_format = "cpu", 512, "jpg"
+    for i in range(12):
+        settings.add_recent(f"/photos/{i}.jpg")
+    settings.sync()
+    from restorer_ui.settings import AppSettings
+
+    again = AppSettings(QSettings(settings.store.fileName(), QSettings.Format.IniFormat))
+    assert (again.device, again.tile, again.output_format) == ("cpu", 512, "jpg")
+    assert again.recent[0] == "/photos/11.jpg" and len(again.recent) == 10
+    assert again.options().tile == 512 and again.options().device == "cpu"
+
+
+def _env():
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", OMP_NUM_THREADS="1")
+    return env
+
+
+def test_main_window_import_does_not_import_torch():
+    code = ("import sys, restorer_ui.main_window, restorer_ui.batch_window, restorer_ui.model_manager, "
+            "restorer_ui.app; bad = [m for m in ('torch', 'onnx') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_selftest_exits_zero(tmp_path):
+    script = Path(sys.executable).with_name("restorer")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "restorer_ui.app"]
+    env = _env()
+    env["HOME"] = str(tmp_path)  # the self-test must not need (or touch) the user's settings
+    done = subprocess.run([*command, "--selftest"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "selftest: ok" in done.stdout
