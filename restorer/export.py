@@ -52,13 +52,15 @@ def export_onnx(
         shapes[image] = {0: batch, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     else:
         shapes[image] = {0: batch}
-    image_hw = tuple(inputs[image].shape[2:])
     for name in names[1:]:
         t = inputs[name]
         shapes[name] = {0: batch} if t.dim() > 0 else {}
-        if dynamic_hw and t.dim() == 4 and tuple(t.shape[2:]) == image_hw:
-            # a per-pixel input (a mask) follows the image's height and width
+        if dynamic_hw and t.dim() == 4:
+            # a per-pixel input (a mask, maybe at another resolution than the image)
             shapes[name].update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
+    # torch.export specialises a dimension traced at size 1: trace with a batch of two.
+    inputs = {k: (v.repeat(2, *([1] * (v.dim() - 1))) if v.dim() > 0 and v.shape[0] == 1 else v)
+              for k, v in inputs.items()}
     if len(names) == 1:
         shapes = {image: shapes[image]}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,3 +110,134 @@ def parity(
         expected = module.eval()(**{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy()
     got = run_onnx(onnx_path, inputs)
     return Parity(float(np.max(np.abs(expected - got))), tolerance)
+
+
+# ---------------------------------------------------------------- catalog models
+
+FP32_TOLERANCE = 1e-4
+FP16_TOLERANCE = 1e-2  # fp16 keeps ~3 decimal digits; an 8-bit step is 4e-3
+
+
+class ExportError(RuntimeError):
+    """A model could not be exported (or its export did not match PyTorch); one line."""
+
+
+class _HalfPrecision(torch.nn.Module):
+    """Runs a network in float16 behind float32 inputs and outputs, so an fp16 export is
+    fed exactly like an fp32 one."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module.half()
+
+    def forward(self, **inputs):
+        cast = {k: v.half() if v.is_floating_point() else v for k, v in inputs.items()}
+        return self.module(**cast).float()
+
+
+def _forward_parameters(module: torch.nn.Module) -> list[str]:
+    import inspect
+
+    return list(inspect.signature(module.forward).parameters)
+
+
+def example_inputs(spec, module: torch.nn.Module, tile: int, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Inputs to trace and check a catalog model with, `tile` pixels square.
+
+    A family whose network takes more than an image (a text embedding, a mask, a latent)
+    defines `example_inputs(hparams, tile)` in its arch module, returning every input by
+    name; otherwise the network takes one image of the catalog's channel count.
+    """
+    import importlib
+
+    from restorer.archs import ARCHS
+
+    generator = torch.Generator().manual_seed(seed)
+    family = importlib.import_module(ARCHS[spec.arch].split(":")[0])
+    hook = getattr(family, "example_inputs", None)
+    if hook is not None:
+        inputs = hook(spec.hparams, tile)
+        return {k: v.expand(batch, *v.shape[1:]).contiguous() if v.dim() else v for k, v in inputs.items()}
+    names = _forward_parameters(module)
+    if len(names) != 1:
+        raise ExportError(f"'{spec.id}': {spec.arch}.forward takes {', '.join(names)}; its arch module "
+                          f"needs an example_inputs(hparams, tile) function to be exported")
+    lo, hi = spec.input_range
+    image = torch.rand(batch, spec.channels, tile, tile, generator=generator) * (hi - lo) + lo
+    return {names[0]: image}
+
+
+def export_model(spec, tile: int | None = None, precision: str = "fp32", force: bool = False,
+                 progress=None) -> tuple[Path, Parity]:
+    """Export an installed catalog model to store.onnx_path(spec, precision), checked.
+
+    The weights are strictly loaded into our arch, exported with dynamic height and width
+    (a fixed tile with a dynamic batch where the arch cannot), and ONNX Runtime and PyTorch
+    are run on the same random input at the tile size: an export further than the
+    tolerance from PyTorch is discarded with an error. fp16 is refused for archs whose
+    catalog `precisions` lack it unless `force`. An existing export is kept unless `force`.
+    Returns the path and the measured parity.
+    """
+    import copy
+    import json
+
+    from restorer import store
+
+    say = progress or (lambda message: None)
+    if precision not in ("fp32", "fp16"):
+        raise ExportError(f"unknown precision {precision!r}; use fp32 or fp16")
+    if spec.builtin or spec.is_pipeline:
+        raise ExportError(f"model '{spec.id}' is not a single network; nothing to export")
+    if precision == "fp16" and "fp16" not in spec.precisions and not force:
+        raise ExportError(f"fp16 is not known to be safe for '{spec.id}' ({spec.arch}; catalog precisions: "
+                          f"{', '.join(spec.precisions)}); add --force to export it anyway")
+    target = store.onnx_path(spec, precision)
+    sidecar = target.with_suffix(".json")
+    if target.is_file() and not force:
+        try:
+            info = json.loads(sidecar.read_text())
+            return target, Parity(info["max_abs_diff"], info["tolerance"])
+        except (OSError, ValueError, KeyError):
+            pass  # no record of the check: export again
+    if not store.is_installed(spec):
+        raise ExportError(store._hint(spec))
+
+    multiple = max(1, spec.pad_multiple)
+    tile = tile or spec.tile
+    tile = max(multiple, tile - tile % multiple)
+    say(f"loading {store.weights_path(spec).name}")
+    module = store.load_model(spec)
+    net = _HalfPrecision(copy.deepcopy(module)) if precision == "fp16" else module
+    # The batch axis is dynamic (min 1), which torch.export cannot trace from a batch of one.
+    example = example_inputs(spec, module, tile, batch=2)
+    check = {k: v[:1].numpy() if v.dim() else v.numpy() for k, v in example_inputs(spec, module, tile, seed=1).items()}
+    tolerance = FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.check.onnx")
+    dynamic = True
+    try:
+        say(f"exporting at {tile}x{tile} with dynamic height and width")
+        try:
+            export_onnx(net, example, scratch, dynamic_hw=True)
+        except Exception as e:  # noqa: BLE001 - any tracing failure means: try a fixed size
+            say(f"dynamic export failed ({str(e).splitlines()[0][:120]}); exporting a fixed {tile}x{tile} tile")
+            dynamic = False
+            try:
+                export_onnx(net, example, scratch, dynamic_hw=False)
+            except Exception as e2:  # noqa: BLE001
+                raise ExportError(f"'{spec.id}' could not be exported: {str(e2).splitlines()[0][:200]}") from None
+        say("checking ONNX Runtime against PyTorch")
+        try:
+            result = parity(module, scratch, check, tolerance=tolerance)
+        except Exception as e:  # noqa: BLE001 - e.g. no fp16 kernels in this ONNX Runtime build
+            raise ExportError(f"'{spec.id}' {precision} export could not be run by ONNX Runtime here: "
+                              f"{str(e).strip().splitlines()[0][:200]}; the export was discarded") from None
+        if not result.ok:
+            raise ExportError(f"'{spec.id}' {precision} export differs from PyTorch by {result.max_abs_diff:.3g} "
+                              f"(tolerance {tolerance:g}); the export was discarded")
+        os.replace(scratch, target)
+    finally:
+        scratch.unlink(missing_ok=True)
+    sidecar.write_text(json.dumps({"model": spec.id, "precision": precision, "tile": tile, "dynamic_hw": dynamic,
+                                   "max_abs_diff": result.max_abs_diff, "tolerance": tolerance}, indent=1))
+    return target, result
+

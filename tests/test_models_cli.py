@@ -1,0 +1,145 @@
+"""restorer-cli models ...: list, info, add, verify, remove, download, export; and restoring
+with a model that is not installed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from restorer import store
+from restorer.cli import main
+from tests.store_helpers import HAT_TINY, FileServer, tiny_hat_entry, use_catalog, write_sparse_safetensors
+
+CATALOG = (
+    tiny_hat_entry("tiny-hat", files=[{"name": "tiny-hat.safetensors", "url": "https://example.invalid/tiny-hat.safetensors"}])
+    + tiny_hat_entry("tiny-nc", tiny="hat_tiny_x3", licence="CC-BY-NC-4.0", non_commercial=True,
+                     files=[{"name": "HAT_SRx3.pth", "url": "https://drive.google.com/XYZ", "browser": True}])
+    + tiny_hat_entry("tiny-gone", tiny="hat_tiny_x4", released=False, files=[])
+)
+
+
+@pytest.fixture(autouse=True)
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESTORER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RESTORER_MIRROR", raising=False)
+    return use_catalog(monkeypatch, CATALOG)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def add_tiny(tmp_path, capsys):
+    source = tmp_path / "tiny-hat.safetensors"
+    source.write_bytes((HAT_TINY / "hat_tiny_x2.safetensors").read_bytes())
+    return run(capsys, "models", "add", str(source))
+
+
+def test_list_shows_every_entry_with_licence_and_state(tmp_path, capsys):
+    code, out, _ = run(capsys, "models", "list")
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert set(lines) == {"tiny-hat", "tiny-nc", "tiny-gone"}
+    assert "MIT" in lines["tiny-hat"] and lines["tiny-hat"].rstrip().endswith("missing")
+    assert "CC-BY-NC-4.0 [NC]" in lines["tiny-nc"]
+    assert lines["tiny-gone"].rstrip().endswith("unreleased")
+
+    assert add_tiny(tmp_path, capsys)[0] == 0
+    code, out, _ = run(capsys, "models", "list", "--json")
+    rows = {r["id"]: r for r in json.loads(out)}
+    assert {"id", "tasks", "arch", "scale", "licence", "installed"} <= set(rows["tiny-hat"])
+    assert rows["tiny-hat"]["installed"] is True and rows["tiny-nc"]["installed"] is False
+    assert rows["tiny-nc"]["non_commercial"] is True and rows["tiny-hat"]["scale"] == 2
+    code, out, _ = run(capsys, "models", "list", "--installed", "--json")
+    assert [r["id"] for r in json.loads(out)] == ["tiny-hat"]
+
+
+def test_restoring_with_a_model_not_installed_prints_the_hint(tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    code, _, err = run(capsys, str(image), "-o", str(tmp_path / "out"), "--model", "tiny-hat")
+    assert code == 2
+    assert err.strip() == "restorer-cli: model 'tiny-hat' is not installed: restorer-cli models download tiny-hat"
+    code, _, err = run(capsys, str(image), "-o", str(tmp_path / "out"), "--model", "tiny-nc")
+    assert code == 2 and "restorer-cli models add HAT_SRx3.pth --id tiny-nc" in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_add_info_verify_remove(tmp_path, capsys):
+    code, out, _ = add_tiny(tmp_path, capsys)
+    assert code == 0 and out.startswith("installed tiny-hat: ")
+    code, out, _ = run(capsys, "models", "info", "tiny-hat", "--json")
+    info = json.loads(out)
+    assert info["installed"] and info["state"] == "installed" and info["files"][0]["name"] == "tiny-hat.safetensors"
+    assert run(capsys, "models", "verify")[1].strip() == "tiny-hat: ok"
+    assert run(capsys, "models", "remove", "tiny-hat")[0] == 0
+    code, _, err = run(capsys, "models", "remove", "tiny-hat")
+    assert code == 2 and err.strip() == "restorer-cli: model 'tiny-hat' is not installed"
+
+
+def test_add_refusals_are_one_line(tmp_path, capsys):
+    broken = tmp_path / "weird.safetensors"
+    entries = [[k, list(v), "float32"] for k, v in store.signature(store_spec("tiny-hat")).items()]
+    bad = write_sparse_safetensors(broken, entries, broken="first")
+    code, out, err = run(capsys, "models", "add", str(broken))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("restorer-cli: weird.safetensors matches no catalog model")
+    assert f"tensor {bad}: expected shape" in err
+    code, _, err = run(capsys, "models", "add", str(tmp_path / "nope.pth"))
+    assert code == 2 and "no such file" in err
+    code, _, err = run(capsys, "models", "add", str(broken), "--id", "no-such-model")
+    assert code == 2 and "unknown model 'no-such-model'" in err
+
+
+def store_spec(model_id):
+    from restorer import catalog
+
+    return catalog.load_catalog().get(model_id)
+
+
+def test_download_command_from_a_mirror(tmp_path, capsys):
+    data = (HAT_TINY / "hat_tiny_x2.safetensors").read_bytes()
+    with FileServer({"/m/tiny-hat.safetensors": data}) as server:
+        code, out, err = run(capsys, "models", "download", "tiny-hat", "--mirror", f"{server.url}/m")
+    assert code == 0, err
+    assert "installed tiny-hat" in out
+    assert hashlib.sha256(store.weights_path(store_spec("tiny-hat")).read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+    code, _, err = run(capsys, "models", "download", "tiny-nc")
+    assert code == 2 and "https://drive.google.com/XYZ" in err and "models add HAT_SRx3.pth --id tiny-nc" in err
+
+
+@pytest.mark.slow
+def test_export_checks_parity_and_the_runner_uses_it(tmp_path, capsys):
+    """One real export (the slowest test here): a tiny HAT through `models export`."""
+    spec = store_spec("tiny-hat")
+    code, _, err = run(capsys, "models", "export", "tiny-hat")
+    assert code == 2 and err.strip() == "restorer-cli: model 'tiny-hat' is not installed: restorer-cli models download tiny-hat"
+    assert add_tiny(tmp_path, capsys)[0] == 0
+    code, _, err = run(capsys, "models", "export", "tiny-hat", "--fp16")
+    assert code == 2 and "fp16 is not known to be safe for 'tiny-hat'" in err and "--force" in err
+
+    eager = store.runner(spec, device="cpu")
+    assert eager.info.backend == "torch"
+    assert any("restorer-cli models export tiny-hat" in n for n in eager.info.notes)
+
+    code, out, err = run(capsys, "models", "export", "tiny-hat", "--tile", "16")
+    assert code == 0, err
+    path = store.onnx_path(spec)
+    assert path.is_file() and f"exported tiny-hat (fp32): {path}" in out
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["dynamic_hw"] is True and sidecar["tile"] == 16 and sidecar["max_abs_diff"] <= 1e-4
+
+    onnx = store.runner(spec, device="cpu")
+    assert (onnx.info.backend, onnx.preferred_tile, onnx.scale, onnx.pad_multiple) == ("onnx", None, 2, 4)
+    x = np.random.default_rng(0).random((1, 3, 12, 20), dtype=np.float32)  # not the export size
+    np.testing.assert_allclose(onnx(x), eager(x), atol=1e-4)
+    assert json.loads(run(capsys, "models", "list", "--json")[1])[0]["state"] == "onnx"
+    code, out, _ = run(capsys, "models", "export", "tiny-hat")  # cached: no second export
+    assert code == 0 and "max abs diff" in out
