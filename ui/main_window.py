@@ -397,6 +397,7 @@ class MainWindow(QMainWindow):
         self.result = result.image
         self.save_path = None
         self.view.set_after(result.pyramid)
+        self.progress_label.setText("Done.")
         lines = [f"Restored in {result.seconds:.1f} s: {result.image.width} x {result.image.height}"]
         for r in result.reports:
             where = f" on {r.provider}" if r.provider else ""

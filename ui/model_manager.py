@@ -95,8 +95,8 @@ class ModelManager(QWidget):
         self.tree.setAlternatingRowColors(True)
         header = self.tree.header()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
-        self.tree.setColumnWidth(0, 380)
-        self.tree.setColumnWidth(1, 190)
+        self.tree.setColumnWidth(0, 440)
+        self.tree.setColumnWidth(1, 170)
         self.tree.setColumnWidth(2, 80)
         self.tree.setColumnWidth(3, 190)
         self.tree.itemSelectionChanged.connect(self._selection_changed)
@@ -158,8 +158,9 @@ class ModelManager(QWidget):
         item = QTreeWidgetItem([f"{spec.title}  [{spec.id}]", model_state(spec),
                                 "" if spec.builtin else human_size(spec.size), licence, notes])
         item.setData(0, ID_ROLE, spec.id)
-        item.setToolTip(0, spec.paper or spec.title)
-        item.setToolTip(4, notes)
+        for column in range(1, len(COLUMNS)):
+            item.setToolTip(column, item.text(column))
+        item.setToolTip(0, f"{spec.title} [{spec.id}]" + (f"\n{spec.paper}" if spec.paper else ""))
         if spec.non_commercial:
             item.setForeground(3, QColor("#c0392b"))
             bold = QFont(item.font(3))
