@@ -298,3 +298,157 @@ def blend_face(img: np.ndarray, enhanced: np.ndarray, transform: np.ndarray) -> 
     alpha = cv2.GaussianBlur(alpha, (25, 25), 0) / 255
     out = back * alpha[:, :, None] + img * (1 - alpha[:, :, None])
     return np.clip(out, 0, 1).astype(np.float32)
+
+
+# ---- the whole pipeline, as a restore step ----
+
+# With --scratches auto, the scratch path is taken when the detector marks at least this
+# share of the photo (a clean photo gives a few isolated false positives, far below it).
+AUTO_SCRATCH_FRACTION = 0.002
+PARTS = {
+    "detector": "oldphoto-scratch-detector",
+    "vae_a": "oldphoto-vae-a-quality",
+    "vae_b_quality": "oldphoto-vae-b-quality",
+    "vae_b_scratch": "oldphoto-vae-b-scratch",
+    "mapping_quality": "oldphoto-mapping-quality",
+    "mapping_scratch": "oldphoto-mapping-scratch",
+    "mapping_hr": "oldphoto-mapping-hr",
+    "face_256": "oldphoto-face-256",
+    "face_512": "oldphoto-face-512",
+}
+
+
+class _Parts:
+    """The pipeline's networks, loaded on first use, as NCHW numpy callables."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self._modules = {}
+
+    def module(self, key: str):
+        if key not in self._modules:
+            from restorer import store
+            from restorer.catalog import load_catalog
+
+            self._modules[key] = store.load_model(load_catalog().get(PARTS[key]))
+        return self._modules[key]
+
+    def net(self, key: str, part: str | None = None) -> Net:
+        from restorer.runtime.base import RunnerInfo
+        from restorer.runtime.torch import TorchRunner
+
+        module = self.module(key)
+        module = getattr(module, part) if part else module
+        runner = TorchRunner(module, RunnerInfo(PARTS[key], "torch", ""), device=self.device)
+
+        def call(x, mask=None):
+            return runner(x) if mask is None else runner(x, mask=mask)
+
+        call.provider = runner.info.provider
+        return call
+
+
+def run(step, image, ctx, report):
+    """The old-photo step of a restore.
+
+    With the released networks installed (step.model == "oldphoto"): scratch detection ->
+    global restoration (quality or scratch path, HR mode) -> faces found, aligned, enhanced
+    and blended back. Without them ("builtin:inpaint"): the classical scratch detector and
+    the built-in inpainting, saying so. The result has the input's size (the networks work
+    on sides rounded to multiples of 16 or 4; the result is resized back).
+    """
+    import time
+
+    opts = step.options
+    scratches = opts.get("scratches", "auto")
+    hr = bool(opts.get("hr", False))
+    src = image.pixels
+    height, width = src.shape[:2]
+    img = rgb(src)
+
+    def stage(name, backend, start, **more):
+        report.stages.append({"stage": name, "backend": backend, "seconds": round(time.perf_counter() - start, 3), **more})
+
+    if step.model != "oldphoto":
+        from restorer.runtime.builtin import builtin_runner
+
+        report.runner, report.provider = "builtin", "numpy"
+        t = time.perf_counter()
+        mask = classical_scratch_mask(img) if scratches != "no" else np.zeros((height, width), bool)
+        stage("scratch-detection", "classical (line-shaped morphological top-hats)", t, share=round(float(mask.mean()), 5))
+        ctx.stage_images["scratch-mask"] = mask.astype(np.float32)[:, :, None]
+        t = time.perf_counter()
+        out = img
+        if mask.any():
+            filled = builtin_runner("inpaint")(nchw(img) * 0.5 + 0.5, mask=mask.astype(np.float32)[None, None])
+            out = np.clip(filled[0].transpose(1, 2, 0), 0, 1)
+        stage("inpaint", "builtin:inpaint", t)
+        report.notes.append("old-photo networks not installed: classical scratch detection and inpainting only "
+                            "(restorer-cli models info oldphoto)")
+        return image.with_pixels(_like_input(out, src))
+
+    parts = _Parts(ctx.options.device)
+    report.runner = "torch"
+    mask = None
+    work = img
+    if scratches != "no":
+        t = time.perf_counter()
+        detector = parts.net("detector")
+        report.provider = detector.provider
+        found = detect_scratches(img, detector)
+        stage("scratch-detection", PARTS["detector"], t, share=round(float(found.mean()), 5))
+        ctx.stage_images["scratch-mask"] = found.astype(np.float32)[:, :, None]
+        if scratches == "yes" or found.mean() >= AUTO_SCRATCH_FRACTION:
+            mask, work = found, to_multiple_of_16(img)
+    t = time.perf_counter()
+    if mask is None:
+        restored = restore_global(work, None, parts.net("vae_a", "encoder"), parts.net("mapping_quality"),
+                                  parts.net("vae_b_quality", "decoder"))
+        stage("global-restoration", "quality path: " + ", ".join(PARTS[k] for k in ("vae_a", "mapping_quality", "vae_b_quality")), t)
+    else:
+        mapping = "mapping_hr" if hr else "mapping_scratch"
+        restored = restore_global(work, mask, parts.net("vae_a", "encoder"), parts.net(mapping),
+                                  parts.net("vae_b_scratch", "decoder"), hr=hr)
+        stage("global-restoration", "scratch path: " + ", ".join(PARTS[k] for k in ("vae_a", mapping, "vae_b_scratch")), t)
+    ctx.stage_images["global"] = restored
+    if opts.get("faces", True):
+        original = resize(img, restored.shape[0], restored.shape[1], cv2.INTER_CUBIC)
+        restored = _faces(restored, original, parts, hr, ctx, report, stage)
+    return image.with_pixels(_like_input(resize(restored, height, width, cv2.INTER_CUBIC), src))
+
+
+def _faces(img: np.ndarray, original: np.ndarray, parts: _Parts, hr: bool, ctx, report, stage) -> np.ndarray:
+    """Faces are found on the restored image, as the official code does; when none is found
+    there, on the original at the same size (restoration can leave a face too soft for the
+    HOG detector)."""
+    import time
+
+    from restorer.faces import FacesUnavailable, find_faces
+
+    t = time.perf_counter()
+    try:
+        faces, detector = find_faces(img)
+        if not faces:
+            faces, detector = find_faces(original)
+            detector += " (on the original: none found on the restored image)"
+    except FacesUnavailable as e:
+        report.notes.append(f"face enhancement skipped: {e}")
+        return img
+    stage("face-detection", detector, t, faces=len(faces))
+    size, key = (512, "face_512") if hr else (256, "face_256")
+    for k, landmarks in enumerate(faces, 1):
+        t = time.perf_counter()
+        face, transform = align_face(img, landmarks, size)
+        enhanced = enhance_face(face, parts.net(key))
+        ctx.stage_images[f"face-{k:02d}"] = enhanced
+        img = blend_face(img, enhanced, transform)
+        stage(f"face-{k:02d}", PARTS[key], t)
+    return img
+
+
+def _like_input(out: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """Back to the input's channel count (a gray photo stays gray)."""
+    out = np.clip(out, 0, 1).astype(np.float32)
+    if src.shape[2] == 1:
+        return gray(out)[:, :, None]
+    return out

@@ -1,0 +1,63 @@
+"""Faces for the old-photo pipeline: where they are and their five alignment points, offline.
+
+Detection is dlib's HOG frontal-face detector, as in the official pipeline; it ships
+inside the `dlib-bin` wheel (Boost licence, no model file to fetch). The five points
+(eye centres, nose tip, mouth corners) come from
+- dlib's 68-point landmark model when the `face-recognition-models` package is installed:
+  exactly the official method, but that model was trained on iBUG 300-W and may not be used
+  commercially, so it is only used when the user installs it;
+- otherwise from the detection box: the mean positions of the five points inside a dlib
+  HOG box of a frontal face (measured with the 68-point model), which aligns frontal faces
+  well enough for the enhancer, whose output is colour-matched and feathered back in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# (x, y) of left eye, right eye, nose tip, left and right mouth corner, as fractions of a
+# dlib HOG box (left, top, width, height), for a frontal face.
+BOX_LANDMARKS = np.array([[0.28, 0.31], [0.72, 0.31], [0.50, 0.575], [0.32, 0.80], [0.68, 0.80]])
+
+
+class FacesUnavailable(RuntimeError):
+    pass
+
+
+def _detector():
+    try:
+        import dlib
+    except ImportError:
+        raise FacesUnavailable("no face detector installed (pip install 'restorer[faces]' adds dlib-bin)") from None
+    return dlib
+
+
+def _landmark_model(dlib):
+    try:
+        import face_recognition_models
+    except ImportError:
+        return None
+    return dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+
+
+def find_faces(img: np.ndarray) -> tuple[list[np.ndarray], str]:
+    """Five (x, y) points per face in an HxWx3 [0, 1] image, and how they were found."""
+    from restorer.pipelines.old_photo import landmarks_from_68, rgb
+
+    dlib = _detector()
+    pixels = np.ascontiguousarray(np.clip(rgb(img) * 255 + 0.5, 0, 255).astype(np.uint8))
+    boxes = dlib.get_frontal_face_detector()(pixels, 0)  # no upsampling, as the official code
+    predictor = _landmark_model(dlib)
+    faces = []
+    for box in boxes:
+        if predictor is not None:
+            shape = predictor(pixels, box)
+            points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)])
+            faces.append(landmarks_from_68(points))
+        else:
+            origin = np.array([box.left(), box.top()], float)
+            size = np.array([box.width(), box.height()], float)
+            faces.append(origin + BOX_LANDMARKS * size)
+    how = "dlib HOG detector + " + ("68-point landmarks (non-commercial model)" if predictor is not None
+                                    else "box-proportional landmarks")
+    return faces, how
