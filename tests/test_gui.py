@@ -449,6 +449,43 @@ def test_model_manager_reports_a_failed_download(qtbot, settings, served, monkey
     assert "HTTP 404" in m.status.text() and m.state_of("tiny-test") == "not installed"
 
 
+def test_model_manager_adds_a_file_recognised_by_its_tensors(qtbot, settings, tmp_path, store_home):
+    pytest.importorskip("torch")
+    from safetensors.numpy import save_file
+
+    from restorer import store
+    from restorer_ui.model_manager import ModelManager
+
+    catalog = parse('''
+[[model]]
+id = "tiny-lm"
+title = "Tiny language head"
+family = "test"
+tasks = []
+arch = "InstructIRLMHead"
+hparams = { embedding_dim = 8, hidden_dim = 4, num_classes = 3 }
+licence = "MIT"
+[[model.files]]
+name = "lm_tiny.safetensors"
+url = "https://models.example.invalid/lm_tiny.safetensors"
+''')
+    shapes = store.signature(catalog.get("tiny-lm"))
+    path = tmp_path / "downloaded by hand.safetensors"
+    save_file({k: np.zeros(v, np.float32) for k, v in shapes.items()}, str(path))
+    m = ModelManager(settings, catalog)
+    qtbot.addWidget(m)
+    assert m.state_of("tiny-lm") == "not installed"
+    m.add_file(str(path))
+    qtbot.waitUntil(lambda: m.job is None, timeout=20000)
+    assert m.state_of("tiny-lm") == "installed", m.status.text()
+    assert (store_home / "models" / "tiny-lm" / "lm_tiny.safetensors").is_file()
+
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    m.add_file(str(tmp_path / "junk.safetensors"))
+    qtbot.waitUntil(lambda: m.job is None, timeout=20000)
+    assert "failed" in m.status.text() and "junk.safetensors" in m.status.text()
+
+
 # ---------------------------------------------------------------- start-up
 
 

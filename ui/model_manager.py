@@ -321,8 +321,11 @@ class ModelManager(QWidget):
         holder = {}
 
         def export(progress):
-            from restorer.export import export_model  # imports torch: only here, in the worker
-
+            try:
+                from restorer.export import export_model  # imports torch: only here, in the worker
+            except ImportError:
+                raise store.StoreError(f"exporting needs PyTorch, which this install lacks: pip install "
+                                       f"'restorer[torch]' then run: restorer-cli models export {spec.id}") from None
             return export_model(spec, progress=lambda message: holder["job"].note.emit(message))
 
         def done(result):
