@@ -670,7 +670,7 @@ def download(spec: ModelSpec, progress: ProgressCallback | None = None, *, base_
         part = fetch(url, _part_path(url), progress=progress)
         try:
             if f.member:
-                installed += _install_from_archive(part, f.url, catalog, label=url)
+                installed += _install_from_archive(part, f.url, catalog, label=url, required=spec.id)
             else:
                 _check_download(part, spec, f, url)
                 installed.append((spec.id, _place(part, spec, f, origin=f.url, move=True)))
@@ -698,16 +698,23 @@ def _check_download(path: Path, spec: ModelSpec, f: FileSpec, url: str) -> None:
             raise StoreError(f"{f.name} from {url} is not a checkpoint of '{spec.id}': {diff}; nothing was kept")
 
 
-def _install_from_archive(archive_path: Path, url: str, catalog: Catalog, label: str) -> list[tuple[str, Path]]:
-    """Install the members of a downloaded archive that catalog entries name (by URL)."""
+def _install_from_archive(archive_path: Path, url: str, catalog: Catalog, label: str,
+                          required: str) -> list[tuple[str, Path]]:
+    """Install the members of a downloaded archive that catalog entries name (by URL); a
+    member missing from the archive is an error only for the entry that was asked for."""
     wanted = [(s, f) for s in catalog for f in s.files if f.url == url and f.member]
     out = []
     with zipfile.ZipFile(archive_path) as archive:
-        by_name = {i.filename.replace("\\", "/"): i for i in safe_members(archive, label)}
+        members = safe_members(archive, label)
         for spec, f in wanted:
-            info = by_name.get(f.member)
+            if (model_dir(spec) / f.name).is_file():
+                continue
+            info = next((i for i in members if _member_matches(f.member, i.filename)), None)
             if info is None:
-                raise StoreError(f"{label}: the archive has no member {f.member} (for '{spec.id}')")
+                if spec.id == required:
+                    raise StoreError(f"{label}: the archive has no member {f.member} (for '{spec.id}')")
+                log.warning("%s: the archive has no member %s (for '%s')", label, f.member, spec.id)
+                continue
             with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
                 member = _extract(archive, info, Path(tmp))
                 _check_download(member, spec, f, f"{label}!{f.member}")
