@@ -19,11 +19,15 @@ so the catalog's pad_multiple stays 1 (a reflect pad outside would change the re
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from restorer.text_encoder import DEGRADATION_CLASSES  # noqa: F401  (re-exported; defined torch-free)
 
 
 class LayerNorm2d(nn.Module):
@@ -169,8 +173,6 @@ class LanguageHead(nn.Module):
         return embedding, self.fc2(embedding)
 
 
-from restorer.text_encoder import DEGRADATION_CLASSES  # noqa: E402  (torch-free; re-exported)
-
 
 def load_language_head(path: str | Path) -> LanguageHead:
     """The released head file (a bare state dict, torch zip format) as a LanguageHead, strictly.
@@ -192,9 +194,6 @@ def export_language_head(head: LanguageHead, path: str | Path) -> Path:
     The restore-time path (restorer.text_encoder.InstructionEncoder) reads the outputs by
     position, so a head exported by the generic restorer.export.export_onnx works as well.
     """
-    import os
-    import tempfile
-
     path = Path(path)
     head = head.eval()
     sample = torch.zeros(2, head.fc1.in_features)
