@@ -155,7 +155,7 @@ class ModelManager(QWidget):
         if spec.non_commercial:
             licence += " - NON-COMMERCIAL"
         notes = spec.notes if spec.released else "announced, weights never published"
-        item = QTreeWidgetItem([f"{spec.title}  [{spec.id}]", model_state(spec),
+        item = QTreeWidgetItem([f"{spec.id}  -  {spec.title}", model_state(spec),
                                 "" if spec.builtin else human_size(spec.size), licence, notes])
         item.setData(0, ID_ROLE, spec.id)
         for column in range(1, len(COLUMNS)):
