@@ -75,6 +75,15 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
+def prepare(items: list[Item], *, overwrite: bool) -> None:
+    """Refuse outputs that would replace an input; skip outputs already there unless
+    `overwrite` (how a rerun resumes where an interrupted run stopped)."""
+    refuse_overwriting_inputs(items)
+    for item in items:
+        if item.status == "pending" and item.output.exists() and not overwrite:
+            item.status = "skipped"
+
+
 def clean_stale_temporaries(items: list[Item]) -> None:
     """Remove temporary files a killed run left in the output folders."""
     for folder in {i.output.parent for i in items}:

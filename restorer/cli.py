@@ -111,10 +111,7 @@ def run(args) -> int:
 
     outdir = args.output or Path(".")
     items = batch.discover(args.inputs, outdir, recursive=args.recursive, fmt=args.format, suffix=args.suffix)
-    batch.refuse_overwriting_inputs(items)
-    for item in items:
-        if item.status == "pending" and item.output.exists() and not args.overwrite:
-            item.status = "skipped"
+    batch.prepare(items, overwrite=args.overwrite)
 
     if args.dry_run:
         for item in items:

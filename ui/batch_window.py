@@ -167,11 +167,7 @@ class BatchWindow(QWidget):
         fmt = OUTPUT_FORMATS[self.format.currentIndex()]
         items = batch.discover([source], target, recursive=self.recursive.isChecked(), fmt=fmt,
                                suffix=self.suffix.text())
-        batch.refuse_overwriting_inputs(items)
-        skip = self.skip_existing.isChecked()
-        for item in items:
-            if item.status == "pending" and item.output.exists() and skip:
-                item.status = "skipped"
+        batch.prepare(items, overwrite=not self.skip_existing.isChecked())
         if not items:
             return self._error(f"no images in '{source}'")
         self.items = items
