@@ -201,6 +201,14 @@ def export_model(spec, tile: int | None = None, precision: str = "fp32", force: 
             pass  # no record of the check: export again
     if not store.is_installed(spec):
         raise ExportError(store._hint(spec))
+    if spec.arch in TEXT_EXPORTERS:
+        say(f"exporting {spec.id}")
+        result = TEXT_EXPORTERS[spec.arch](spec, target)
+        if not result.ok:
+            target.unlink(missing_ok=True)
+            raise ExportError(f"'{spec.id}': ONNX Runtime differs from PyTorch by {result.max_abs_diff:.2e}")
+        sidecar.write_text(json.dumps({"max_abs_diff": result.max_abs_diff, "tolerance": result.tolerance}))
+        return target, result
 
     multiple = max(1, spec.pad_multiple)
     tile = tile or spec.tile
@@ -241,3 +249,49 @@ def export_model(spec, tile: int | None = None, precision: str = "fp32", force: 
                                    "max_abs_diff": result.max_abs_diff, "tolerance": tolerance}, indent=1))
     return target, result
 
+
+
+# ---------------------------------------------------------------- the instruction's text side
+
+
+def _export_text_encoder(spec, target: Path) -> Parity:
+    """bge-micro-v2 (a BERT) -> ONNX: token ids and mask in, last hidden state out; the
+    torch-free TextEncoder pools it. Checked on a padded batch of random token ids."""
+    from restorer import store
+    from restorer.archs.bert import export_bert_onnx, load_bert, read_weights
+
+    model = load_bert(read_weights(store.weights_path(spec)), **spec.hparams)
+    export_bert_onnx(model, target)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, spec.hparams["vocab_size"], (2, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    with torch.no_grad():
+        expected = model(ids, mask).numpy()
+    got = _run_raw(target, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    keep = mask.numpy().astype(bool)  # padded positions carry no meaning
+    return Parity(float(np.max(np.abs(expected - got)[keep])), FP32_TOLERANCE)
+
+
+def _export_language_head(spec, target: Path) -> Parity:
+    """InstructIR's language head -> ONNX (two outputs: the embedding and the logits)."""
+    from restorer import store
+    from restorer.archs.instructir import export_language_head
+
+    head = store.load_model(spec)
+    export_language_head(head, target)
+    x = torch.randn(3, spec.hparams["embedding_dim"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = [t.numpy() for t in head(x)]
+    got = _run_raw(target, {"sentence_embedding": x.numpy()})
+    return Parity(max(float(np.max(np.abs(e - g))) for e, g in zip(expected, got)), FP32_TOLERANCE)
+
+
+def _run_raw(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+TEXT_EXPORTERS = {"BertModel": _export_text_encoder, "InstructIRLMHead": _export_language_head}

@@ -33,6 +33,7 @@ ARCHS: dict[str, str] = {
     "MIRNet_v2": "restorer.archs.mirnet_v2:MIRNetV2",
     "InstructIR": "restorer.archs.instructir:InstructIR",
     "InstructIRLMHead": "restorer.archs.instructir:LanguageHead",
+    "BertModel": "restorer.archs.bert:BertModel",
     "GaRNet": "restorer.archs.garnet:GaRNet",
     "OldPhotoVAE": "restorer.archs.oldphoto.vae:GlobalVAE",
     "OldPhotoMapping": "restorer.archs.oldphoto.mapping:Mapping",
