@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from restorer.archs import build
+from restorer.catalog import parse
 from restorer.archs.hat import HAT, overlap_position_index, window_position_index
 from restorer.export import export_onnx, run_onnx
 from tests.manifests import FIXTURES, load_manifest, load_safetensors
@@ -53,6 +54,20 @@ def test_strict_load_rejects_a_wrong_shape():
     state["conv_last.weight"] = torch.empty(3, 64, 1, 1, device="meta")
     with pytest.raises(RuntimeError, match="size mismatch"):
         model.load_state_dict(state, strict=True, assign=True)
+
+
+def test_catalog_has_one_entry_per_released_checkpoint():
+    catalog = parse((FIXTURES.parents[1] / "models" / "catalog.toml").read_text(encoding="utf-8"))
+    entries = [spec for spec in catalog if spec.family == "hat"]
+    assert sorted(spec.manifest for spec in entries) == sorted(f"hat/{p.name}" for p in MANIFESTS)
+    for spec in entries:
+        manifest, _ = load_manifest(HAT_FIXTURES / "manifests" / spec.manifest.removeprefix("hat/"))
+        hp = manifest["hyperparameters"]
+        assert spec.arch == "HAT" and spec.hparams == hp
+        assert spec.scale == hp["upscale"] and spec.pad_multiple == hp["window_size"]
+        assert spec.wrapper_key == manifest["wrapper_key"]
+        assert [f.name for f in spec.files] == [manifest["checkpoint"]]
+        assert spec.tasks == ("superres",) and spec.files[0].browser
 
 
 def tiny(name: str):
