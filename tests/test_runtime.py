@@ -78,3 +78,34 @@ def test_both_onnxruntime_packages_installed_is_refused(monkeypatch):
     monkeypatch.setattr(metadata, "distribution", lambda name: object())
     with pytest.raises(ort_runtime.RuntimeMissing, match="both onnxruntime and onnxruntime-gpu"):
         ort_runtime.import_onnxruntime()
+
+
+def test_cli_device_cuda_falls_back_to_cpu_with_one_warning(exported, tmp_path):
+    """Through restorer-cli: an exported model run with --device cuda on this CPU machine."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    _, path = exported
+    home = tmp_path / "home"
+    (home / "onnx").mkdir(parents=True)
+    shutil.copy(path, home / "onnx" / "tiny-x2.fp32.onnx")
+    (home / "catalog.toml").write_text(
+        '[[model]]\nid = "tiny-x2"\ntitle = "tiny x2 test net"\nfamily = "test"\ntasks = ["superres"]\n'
+        'arch = "none"\nscale = 2\noverlap = 4\n[[model.files]]\nname = "tiny.safetensors"\n'
+    )
+    img = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(img)
+    env = {**os.environ, "RESTORER_HOME": str(home)}
+    r = subprocess.run([sys.executable, "-m", "restorer.cli", str(img), "-o", str(tmp_path / "out"),
+                        "--model", "tiny-x2", "--device", "cuda", "--json"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    warnings = [l for l in r.stderr.splitlines() if "warning" in l]
+    assert len(warnings) == 1 and "CUDA unavailable" in warnings[0] and "running on CPU" in warnings[0]
+    step = json.loads(r.stdout)["files"][0]["steps"][0]
+    assert step["runner"] == "onnx" and step["provider"] == CPU
+    assert Image.open(tmp_path / "out" / "in.png").size == (100, 80)
