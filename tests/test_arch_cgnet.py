@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from restorer.archs import build
+from restorer.catalog import parse
 from restorer.archs.cgnet import CascadedGaze, GCENetMHLocal, LocalPool
 from restorer.export import export_onnx, run_onnx
 from tests.manifests import FIXTURES, load_manifest, load_safetensors
@@ -49,6 +50,22 @@ def test_manifest_loads_strictly(path):
     state = {name: torch.empty(shape, dtype=torch.float32, device="meta") for name, shape in expected.items()}
     model.load_state_dict(state, strict=True, assign=True)
     assert sum(p.numel() for p in model.parameters()) == manifest["params"]
+
+
+def test_catalog_entries_follow_the_manifests():
+    catalog = parse((FIXTURES.parents[1] / "models" / "catalog.toml").read_text(encoding="utf-8"))
+    entries = [spec for spec in catalog if spec.family == "cgnet"]
+    assert {spec.manifest for spec in entries} == {f"cgnet/{p.name}" for p in MANIFESTS}
+    for spec in entries:
+        manifest, _ = load_manifest(DIR / spec.manifest.removeprefix("cgnet/"))
+        assert spec.arch == manifest["arch"] and spec.hparams == manifest["hyperparameters"]
+        assert spec.wrapper_key == manifest["wrapper_key"] and spec.released == manifest["released"]
+        assert spec.pad_multiple == 1  # the network zero-pads to 16 itself
+        assert spec.tile % 16 == 0 or not spec.released
+        assert not spec.non_commercial and spec.licence == "MIT"
+        if spec.released:
+            assert [f.browser for f in spec.files] == [True]  # a Google Drive page
+    assert [spec.id for spec in entries if spec.released] == ["cgnet-sidd"]
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from restorer.archs import build
+from restorer.catalog import parse
 from restorer.export import export_onnx, run_onnx
 from tests.manifests import FIXTURES, load_manifest, load_safetensors
 
@@ -73,6 +74,27 @@ def test_v1_shares_what_upstream_shares():
     params = dict(model.named_parameters(remove_duplicate=False))
     for group in manifest["shared_parameter_groups"]:
         assert len({id(params[name]) for name in group}) == 1, group
+
+
+def test_catalog_has_one_entry_per_released_checkpoint():
+    catalog = parse((FIXTURES.parents[1] / "models" / "catalog.toml").read_text(encoding="utf-8"))
+    entries = [spec for spec in catalog if spec.family == "mirnet"]
+    assert sorted(spec.manifest for spec in entries) == sorted(
+        str(p.relative_to(FIXTURES)) for p in MANIFESTS
+    )
+    for spec in entries:
+        manifest, _ = load_manifest(FIXTURES / spec.manifest)
+        official = {k: v for k, v in manifest["hyperparameters"].items() if v is not None}  # TOML has no null
+        assert spec.arch == manifest["arch"] and spec.hparams == official
+        assert spec.wrapper_key == manifest["wrapper_key"]
+        assert [f.name for f in spec.files] == [manifest["checkpoint"]]
+        assert spec.non_commercial and "non-commercial" in spec.licence
+        assert spec.released and spec.pad_multiple == 4 and spec.scale == 1
+        # the SR checkpoints keep the size: the input is upscaled by the factor first
+        assert spec.extra.get("pre_upscale", 1) == manifest.get("scale", 1)
+        assert spec.channels == manifest["hyperparameters"].get("inp_channels", 3)
+        github = spec.arch == "MIRNet_v2"
+        assert all(f.browser != github for f in spec.files)  # v1: Google Drive, v2: release assets
 
 
 @pytest.mark.parametrize("name", TINY)
