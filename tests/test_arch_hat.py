@@ -113,6 +113,7 @@ def test_matches_official_output(name):
     assert np.max(np.abs(out - golden)) <= meta["suggested_tolerance"]["max_abs_diff"]
 
 
+@pytest.mark.slow  # one dynamic-shape export each: ~10-14 s of CPU
 @pytest.mark.parametrize("name", TINY)
 def test_onnx_matches_official_output_at_two_sizes(name, tmp_path):
     meta, model, weights, image, golden = tiny(name)
