@@ -250,3 +250,15 @@ class GaRNet(nn.Module):
         x = F.elu(lateral1 + self.uplayer4(x))
         return self.uplayer5(x)
 
+
+
+def example_inputs(hparams: dict, tile: int) -> dict[str, torch.Tensor]:
+    """Inputs to export and check the network with (restorer.export): an image in [-1, 1]
+    and a box mask with two filled text lines, `tile` pixels square (made a multiple of 32)."""
+    side = max(PAD_MULTIPLE, tile - tile % PAD_MULTIPLE)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, hparams.get("in_channels", 3), side, side, generator=generator) * 2 - 1
+    mask = torch.zeros(1, 1, side, side)
+    mask[:, :, side // 4 : side // 2, side // 8 : side - side // 8] = 1.0
+    mask[:, :, side * 5 // 8 : side * 3 // 4, side // 4 : side // 2] = 1.0
+    return {"image": image, "mask": mask}

@@ -173,6 +173,14 @@ class LanguageHead(nn.Module):
         return embedding, self.fc2(embedding)
 
 
+def example_inputs(hparams: dict, tile: int) -> dict[str, torch.Tensor]:
+    """Inputs to export and check the image model with (restorer.export): an image in
+    [0, 1], `tile` pixels square, and a unit-norm instruction embedding [1, txtdim]."""
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, hparams.get("img_channel", 3), tile, tile, generator=generator)
+    embedding = F.normalize(torch.randn(1, hparams.get("txtdim", 768), generator=generator), dim=1)
+    return {"image": image, "embedding": embedding}
+
 
 def load_language_head(path: str | Path) -> LanguageHead:
     """The released head file (a bare state dict, torch zip format) as a LanguageHead, strictly.

@@ -293,3 +293,26 @@ class MappingPatchAttention(nn.Module):
         x = self.NL_scale_2(self.res_block_1(x), mask)
         x = self.NL_scale_3(self.res_block_2(x), mask)
         return self.after_NL(x)
+
+
+# Options only the masked mappings take: catalog entries name them, so they tell the three
+# classes of this module apart (export hooks get the hyperparameters, not the class).
+_NON_LOCAL_OPTIONS = ("NL_res", "NL_fusion_method", "correlation_renormalize", "softmax_temperature",
+                      "use_self", "cosin_similarity")
+_PATCH_ATTENTION_OPTIONS = ("mapping_exp",)
+
+
+def example_inputs(hparams: dict, tile: int) -> dict[str, torch.Tensor]:
+    """Inputs to export and check a mapping with (restorer.export), for a `tile` pixels
+    square image: its latent (N x 64 x tile/4 x tile/4, rounded to whole 8-patches) and,
+    for the masked mappings, a scratch mask at image resolution (a band and a line)."""
+    side = max(8, tile // 4 - tile // 4 % 8)  # latent side; attention memory grows with side**4
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(1, LATENT_CHANNELS, side, side, generator=generator)
+    if not any(k in hparams for k in _NON_LOCAL_OPTIONS + _PATCH_ATTENTION_OPTIONS):
+        return {"input": latent}
+    size = 4 * side
+    mask = torch.zeros(1, 1, size, size)
+    mask[:, :, size // 4 : size // 2, :] = 1.0
+    mask[:, :, :, size * 3 // 4 : size * 3 // 4 + 3] = 1.0
+    return {"input": latent, "mask": mask}
