@@ -125,7 +125,8 @@ def test_onnx_matches_official_output_at_two_sizes(tmp_path):
 
 @pytest.mark.slow
 def test_onnx_multi_head_matches_official_output(tmp_path):
-    # static size here: a dynamic export works (checked in bench) but takes minutes to trace
+    # static size here: a dynamic export also works (bench/bench_cgnet_mirnet.py --only
+    # mh-dynamic checks it at three sizes) but takes minutes to trace
     meta, model, image, golden = tiny("cgnet_mh_tiny")
     example = torch.rand(2, *image.shape[1:], generator=torch.Generator().manual_seed(0))
     path = export_onnx(model, {"x": example}, tmp_path / "cgnet_mh_tiny.onnx", dynamic_hw=False)

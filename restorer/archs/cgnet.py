@@ -79,8 +79,9 @@ class LocalPool(nn.Module):
     replicate-padded back to the input size. When the kernel covers the whole map in both
     directions it is the global mean (broadcast over the map).
 
-    Written without shape-dependent Python branches (the kernel is clipped with sym_min), so
-    an ONNX graph traced at one size stays valid at others.
+    Under export the covering case takes the integral-image path too (the kernel is clipped
+    with sym_min, not by a Python branch), so an ONNX graph traced at one size stays valid at
+    others. The running sums lose precision in fp16 on large maps: keep this net in fp32.
     """
 
     def __init__(self, kernel: tuple[int, int]):
