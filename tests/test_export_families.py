@@ -1,8 +1,9 @@
 """`restorer-cli models export` for networks that take more than an image: GaRNet (image +
 text mask) and InstructIR (image + instruction embedding), each a tiny fixture registered as
-a user catalog entry in a temporary store; the export is checked against PyTorch and then
-becomes the model's runner. The old-photo mappings' example inputs are checked against
-their forward without an export (the mappings are exported by the old-photo work)."""
+a user catalog entry in a temporary store; the export is checked against PyTorch, then
+becomes the model's runner (for GaRNet: the text-removal pipeline's fill through the CLI).
+The old-photo mappings' example inputs are checked against their forward without an export
+(an export of the tiny masked mappings takes 15-40 s each)."""
 
 import json
 import os
@@ -18,6 +19,7 @@ from tests.manifests import FIXTURES
 
 torch = pytest.importorskip("torch")
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_GARNET = {"in_channels": 3, "ndf": 8}
 
 
@@ -108,24 +110,41 @@ def _runners(model_id: str, home: Path, monkeypatch):
 
 def test_garnet_exports_with_its_mask_and_runs_from_onnx(tmp_path, monkeypatch):
     import onnx
+    from PIL import Image
+
+    from restorer import imaging
 
     home = tmp_path / "h"
-    register_tiny_garnet(home, "garnet-tiny")
-    path, record = _export("garnet-tiny", home)
+    register_tiny_garnet(home, "garnet")
+    path, record = _export("garnet", home)
     assert [i.name for i in onnx.load(str(path)).graph.input] == ["image", "mask"]
-    assert record["tile"] == 64
+    assert record["tile"] == 64 and record["dynamic_hw"]
 
-    spec, run, eager = _runners("garnet-tiny", home, monkeypatch)
-    assert run.info.backend == "onnx" and run.info.model == "garnet-tiny"
-    assert run.pad_multiple in (32, 64) and run.input_range == (-1.0, 1.0)
+    spec, run, eager = _runners("garnet", home, monkeypatch)
+    assert run.info.backend == "onnx" and run.info.model == "garnet"
+    assert run.pad_multiple == 32 and run.input_range == (-1.0, 1.0)
     # Another size than the export's, a mask of text boxes: the mask reaches the network.
-    rng = np.random.default_rng(3)
-    image = rng.random((1, 3, 96, 128), dtype=np.float32) if record["dynamic_hw"] else rng.random((1, 3, 64, 64), dtype=np.float32)
-    mask = np.zeros((1, 1, *image.shape[2:]), np.float32)
+    image = np.random.default_rng(3).random((1, 3, 96, 128), dtype=np.float32)
+    mask = np.zeros((1, 1, 96, 128), np.float32)
     mask[:, :, 20:40, 10:90] = 1.0
     got = run(image, mask=mask)
     np.testing.assert_allclose(got, eager(image, mask=mask), atol=1e-4)
     assert not np.allclose(got, run(image, mask=np.zeros_like(mask)), atol=1e-3)
+
+    # The text-removal pipeline now fills from the export (a mask of our own: no detection).
+    photo = REPO / "samples" / "scenetext_thai.jpg"
+    drawn = np.zeros((800, 600), np.uint8)
+    drawn[260:340, 160:495] = 255
+    Image.fromarray(drawn, "L").save(tmp_path / "mask.png")
+    r = cli("--task", "remove-text", photo, "-o", tmp_path / "out", "--format", "png", "--json",
+            "--mask", tmp_path / "mask.png", "--dilate", 0, home=home)
+    assert r.returncode == 0, r.stderr
+    step = json.loads(r.stdout)["files"][0]["steps"][0]
+    assert (step["model"], step["runner"]) == ("garnet", "onnx")
+    before = np.round(imaging.load(photo).pixels * 255).astype(np.uint8)
+    after = np.asarray(Image.open(tmp_path / "out" / "scenetext_thai.png"))
+    inside = drawn > 0
+    assert np.array_equal(after[~inside], before[~inside]) and (after[inside] != before[inside]).any()
 
 
 def test_instructir_exports_with_its_embedding_and_runs_from_onnx(tmp_path, monkeypatch):
@@ -165,13 +184,13 @@ def test_mapping_example_inputs_fit_each_forward(arch, hparams, names):
     spec = parse(f'[[model]]\nid = "m"\ntitle = "m"\nfamily = "oldphoto"\ntasks = []\narch = "{arch}"\n'
                  f'hparams = {_table(hparams)}\nchannels = 64\n').get("m")
     module = build(arch, hparams)
-    inputs = example_inputs(spec, module, tile=100, batch=2)
+    inputs = example_inputs(spec, module, tile=70, batch=2)
     assert list(inputs) == names
     latent = inputs["input"]
-    assert latent.shape == (2, 64, 24, 24)  # 100 / 4 = 25, down to whole 8-pixel patches
+    assert latent.shape == (2, 64, 16, 16)  # 70 / 4 = 17, down to whole 8-pixel patches
     if "mask" in inputs:
         mask = inputs["mask"]
-        assert mask.shape == (2, 1, 96, 96)  # the image resolution: 4x the latent
+        assert mask.shape == (2, 1, 64, 64)  # the image resolution: 4x the latent
         assert set(mask.unique().tolist()) == {0.0, 1.0} and 0.1 < mask.mean() < 0.5
     with torch.no_grad():
         assert module.eval()(**inputs).shape == latent.shape
