@@ -812,7 +812,7 @@ def runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32"):
                 run.info.notes.append(f"exported at a fixed {shape[2]}x{shape[3]} tile")
             if candidate != precision:
                 run.info.notes.append(f"no {precision} export of '{spec.id}'; using {candidate}")
-            return run
+            return _with_tile_constraints(run, spec)
     if not is_installed(spec):
         raise StoreError(_hint(spec))
     try:
@@ -825,4 +825,15 @@ def runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32"):
 
     run = TorchRunner(load_model(spec), RunnerInfo(spec.id, "", ""), device=device, preferred_tile=None, **settings)
     run.info.notes.append(f"running in eager PyTorch; `restorer-cli models export {spec.id}` makes it faster")
+    return _with_tile_constraints(run, spec)
+
+
+def _with_tile_constraints(run, spec: ModelSpec):
+    """The catalog's limits on tile sizes, for the tiling engine: `tile_multiple` (every tile
+    a multiple of it) and `min_size` (the smallest side the network accepts). CGNet needs
+    both: it zero-pads to 16 itself, which must never happen inside the image, and its
+    global pools and context grid favour large tiles (the engine already picks the largest
+    tile that fits in memory, so the whole image when it fits)."""
+    run.tile_multiple = max(1, int(spec.extra.get("tile_multiple", 1)))
+    run.min_tile = int(spec.extra.get("min_size", 0))
     return run

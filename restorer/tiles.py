@@ -189,9 +189,15 @@ def run_tiled(
     h, w, _ = pixels.shape
     s = runner.scale
     overlap = runner.overlap if overlap is None else overlap
+    # A runner may declare the sizes its tiles must have (e.g. CGNet: multiples of 16, else
+    # its own zero padding lands inside the image; at least 64 px): tile_multiple, min_tile.
+    tile_multiple = math.lcm(multiple, max(1, getattr(runner, "tile_multiple", 1)))
+    min_tile = max(min_tile, getattr(runner, "min_tile", 0))
     tile = tile or auto_tile(runner)
     tile = max(tile, min_tile, 4 * overlap + 1) if max(h, w) > tile else tile
     tile = max(multiple, tile - tile % multiple)
+    if tile_multiple > multiple:
+        tile = -(-tile // tile_multiple) * tile_multiple  # up: never below the minimums
     ramp = max(overlap, 1)
 
     out_c = None
@@ -233,11 +239,12 @@ def run_tiled(
         except OutOfMemory as e:
             # Drop the unfinished strip, halve the tile and redo from this row on.
             y_from, done = row[0].y0, done_before_row
-            if tile // 2 < max(min_tile, 4 * overlap + 1):
+            half = tile // 2 - (tile // 2) % tile_multiple
+            if half < max(min_tile, 4 * overlap + 1, tile_multiple):
                 raise OutOfMemory(
                     f"out of memory even at a {tile}px tile ({e}); try --device cpu or a smaller --tile"
                 ) from e
-            tile //= 2
+            tile = half
             if on_retry:
                 on_retry(f"out of memory; retrying from row {y_from} with {tile}px tiles")
     np.maximum(weights, 1e-12, out=weights)
