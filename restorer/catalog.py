@@ -61,6 +61,12 @@ class ModelSpec:
         return self.arch == "pipeline"
 
     @property
+    def output_scale(self) -> int:
+        """Output size / input size of a restore, counting the bicubic upscale a network that
+        works on pre-interpolated input (`pre_upscale = N`) is fed."""
+        return int(self.extra.get("pre_upscale", self.scale))
+
+    @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
 

@@ -115,7 +115,7 @@ def resolve_task(task: str, options: Options, catalog: Catalog | None = None, pr
     candidates = [s for s in catalog.for_task(task) if not s.builtin]
     if task == "superres":
         wanted = options.scale or 2
-        candidates = [s for s in candidates if s.scale == wanted]
+        candidates = [s for s in candidates if s.output_scale == wanted]
     for spec in candidates:
         if installed(spec):
             return Step(task, spec.id, _backend_of(spec), _step_options(spec, options), prompt=prompt,
@@ -144,7 +144,7 @@ def _backend_of(spec: ModelSpec) -> str:
 def _step_options(spec: ModelSpec, options: Options) -> dict:
     out = {}
     if "superres" in spec.tasks:
-        out["scale"] = (options.scale or spec.scale) if spec.builtin else spec.scale
+        out["scale"] = (options.scale or spec.scale) if spec.builtin else spec.output_scale
     if options.strength is not None:
         out["strength"] = options.strength
     out.update(options.extra)
@@ -233,7 +233,7 @@ def _superres_step_for(step: Step, image: Image, options: Options) -> Step:
     """Pick the model scale that reaches a target size for this image (then resize down)."""
     from restorer.instructions import resolve_scale
 
-    scales = sorted({s.scale for s in load_catalog().for_task("superres") if installed(s) and not s.builtin}
+    scales = sorted({s.output_scale for s in load_catalog().for_task("superres") if installed(s) and not s.builtin}
                     | {2, 3, 4})
     scale = resolve_scale(step.options, image.width, image.height, available=tuple(scales))
     if scale <= 1:

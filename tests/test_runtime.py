@@ -109,3 +109,18 @@ def test_cli_device_cuda_falls_back_to_cpu_with_one_warning(exported, tmp_path):
     step = json.loads(r.stdout)["files"][0]["steps"][0]
     assert step["runner"] == "onnx" and step["provider"] == CPU
     assert Image.open(tmp_path / "out" / "in.png").size == (100, 80)
+
+
+def test_pre_upscale_feeds_the_network_a_bicubic_upscale():
+    """MIRNet's SR checkpoints restore an image already interpolated to the output size."""
+    import cv2
+
+    class Identity(torch.nn.Module):
+        def forward(self, image):
+            return image
+
+    runner = TorchRunner(Identity(), RunnerInfo("t", "", ""), device="cpu", scale=3, pre_upscale=3, overlap=4)
+    img = np.random.default_rng(5).random((20, 30, 3), dtype=np.float32)
+    out = run_tiled(img, runner, tile=64)
+    expected = cv2.resize(img, (90, 60), interpolation=cv2.INTER_CUBIC)
+    assert out.shape == (60, 90, 3) and np.abs(out - expected).max() < 1e-5

@@ -66,6 +66,7 @@ class NetworkRunner:
         input_range: tuple[float, float] = (0.0, 1.0),
         output_range: tuple[float, float] = (0.0, 1.0),
         fixed_inputs: dict[str, np.ndarray] | None = None,
+        pre_upscale: int = 1,
     ):
         self.info = info
         self.scale = scale
@@ -76,8 +77,11 @@ class NetworkRunner:
         self.input_range = tuple(input_range)
         self.output_range = tuple(output_range)
         self.fixed_inputs = dict(fixed_inputs or {})  # e.g. a text embedding for every tile
+        self.pre_upscale = pre_upscale  # >1: the network restores bicubic-upscaled input (MIRNet SR)
 
     def __call__(self, batch: np.ndarray, **extra: np.ndarray) -> np.ndarray:
+        if self.pre_upscale > 1:
+            batch = bicubic_upscale(batch, self.pre_upscale)
         lo, hi = self.input_range
         x = batch if (lo, hi) == (0.0, 1.0) else batch * (hi - lo) + lo
         inputs = {**self.fixed_inputs, **extra}
@@ -87,3 +91,15 @@ class NetworkRunner:
 
     def forward(self, batch: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
+
+
+def bicubic_upscale(batch: np.ndarray, factor: int) -> np.ndarray:
+    """NCHW bicubic upscaling, for networks that restore an already-interpolated image."""
+    import cv2
+
+    n, c, h, w = batch.shape
+    out = np.empty((n, c, h * factor, w * factor), np.float32)
+    for i in range(n):
+        for j in range(c):
+            out[i, j] = cv2.resize(batch[i, j], (w * factor, h * factor), interpolation=cv2.INTER_CUBIC)
+    return out
