@@ -100,10 +100,7 @@ def state_of(spec: ModelSpec) -> str:
     if spec.builtin:
         return "built-in"
     if spec.arch == "bundled":  # ships inside a Python package (e.g. a text detector)
-        import importlib.util
-
-        package = spec.extra.get("package", "")
-        return "bundled" if package and importlib.util.find_spec(package) else "missing"
+        return "bundled" if store.is_installed(spec) else "missing"
     if not spec.released:
         return "unreleased"
     if spec.is_pipeline:
