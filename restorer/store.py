@@ -72,8 +72,21 @@ def onnx_path(spec: ModelSpec, precision: str = "fp32") -> Path:
 
 
 def is_installed(spec: ModelSpec) -> bool:
-    """All of a model's files are in the store."""
+    """All of a model's files are in the store (or, for a model that ships inside a Python
+    package, that package is installed)."""
+    if spec.arch == "bundled":
+        return _package_installed(spec.extra.get("package", ""))
     return bool(spec.files) and all(p.is_file() for p in weight_paths(spec))
+
+
+def _package_installed(distribution: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(distribution)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def is_ready(spec: ModelSpec) -> bool:
@@ -796,8 +809,9 @@ def runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32"):
     PyTorch on the installed weights, else a StoreError saying how to install it."""
     from restorer.runtime.base import RunnerInfo
 
-    settings = dict(scale=spec.scale, channels=spec.channels, pad_multiple=spec.pad_multiple,
-                    overlap=spec.overlap, input_range=spec.input_range, output_range=spec.output_range)
+    settings = dict(scale=spec.output_scale, channels=spec.channels, pad_multiple=spec.pad_multiple,
+                    overlap=spec.overlap, input_range=spec.input_range, output_range=spec.output_range,
+                    pre_upscale=int(spec.extra.get("pre_upscale", 1)))
     for candidate in dict.fromkeys((precision, "fp32")):
         path = onnx_path(spec, candidate)
         if path.is_file():
