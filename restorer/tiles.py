@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -77,6 +78,17 @@ def edge_window(length: int, lo_inner: bool, hi_inner: bool, margin: int, ramp: 
     if hi_inner:
         w *= rise[::-1]
     return w
+
+
+@lru_cache(maxsize=32)
+def tile_window(height: int, width: int, inner: tuple[bool, bool, bool, bool], margin: int, ramp: int) -> np.ndarray:
+    """The 2-D blend weights of a tile; `inner` says which of its top, bottom, left, right
+    edges touch another tile. Most tiles of an image share a handful of these: cached."""
+    wy = edge_window(height, inner[0], inner[1], margin, ramp)
+    wx = edge_window(width, inner[2], inner[3], margin, ramp)
+    win = (wy[:, None] * wx[None, :]).astype(np.float32)
+    win.flags.writeable = False
+    return win
 
 
 def reflect_pad_to(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
@@ -223,12 +235,13 @@ def run_tiled(
                         strip_h = (row[0].y1 - strip_y0) * s
                         strip = np.zeros((strip_h, w * s, out_c), np.float32)
                         strip_w = np.zeros((strip_h, w * s), np.float32)
-                    wy = edge_window((t.y1 - t.y0) * s, t.y0 > 0, t.y1 < h, overlap * s, ramp * s)
-                    wx = edge_window((t.x1 - t.x0) * s, t.x0 > 0, t.x1 < w, overlap * s, ramp * s)
-                    win = (wy[:, None] * wx[None, :]).astype(np.float32)
+                    win = tile_window((t.y1 - t.y0) * s, (t.x1 - t.x0) * s,
+                                      (t.y0 > 0, t.y1 < h, t.x0 > 0, t.x1 < w), overlap * s, ramp * s)
                     ys = slice((t.y0 - strip_y0) * s, (t.y1 - strip_y0) * s)
                     xs = slice(t.x0 * s, t.x1 * s)
-                    strip[ys, xs] += out * win[..., None]
+                    out = np.ascontiguousarray(out)  # the runner's CHW result, as HWC, for fast in-place math
+                    out *= win[..., None]
+                    strip[ys, xs] += out
                     strip_w[ys, xs] += win
                     done += 1
                     if progress:
