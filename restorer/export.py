@@ -63,23 +63,47 @@ def export_onnx(
               for k, v in inputs.items()}
     if len(names) == 1:
         shapes = {image: shapes[image]}
+    return write_onnx(module, inputs, path, shapes, [output_name], opset=opset)
+
+
+def write_onnx(
+    module: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    dynamic_shapes: dict,
+    output_names: list[str],
+    *,
+    metadata: dict[str, str] | None = None,
+    opset: int = OPSET,
+) -> Path:
+    """torch.onnx.export (dynamo) of `module(**inputs)`, written atomically to `path`, with
+    optional metadata properties. The one place every network is exported through."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
     os.close(fd)
     try:
         with torch.no_grad():
             program = torch.onnx.export(
-                module,
+                module.eval(),
                 kwargs=inputs,
                 dynamo=True,
-                dynamic_shapes=shapes,
-                input_names=names,
-                output_names=[output_name],
+                dynamic_shapes=dynamic_shapes,
+                input_names=list(inputs),
+                output_names=output_names,
                 opset_version=opset,
                 external_data=False,
                 verbose=False,
             )
         program.save(tmp)
+        if metadata:
+            import onnx
+
+            proto = onnx.load(tmp)
+            for key, value in metadata.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, str(value)
+            onnx.save(proto, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

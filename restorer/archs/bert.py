@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -238,10 +237,8 @@ def export_bert_onnx(model: BertModel, path: str | os.PathLike) -> Path:
     The file's metadata records max_length (the position table size, the most tokens it takes)
     and pad_token_id, which TextEncoder reads.
     """
-    import onnx
+    from restorer.export import write_onnx
 
-    path = Path(path)
-    model = model.eval()
     example = {
         "input_ids": torch.tensor([[1, 2, 3], [1, 2, 0]], dtype=torch.int64),
         "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.int64),
@@ -249,33 +246,8 @@ def export_bert_onnx(model: BertModel, path: str | os.PathLike) -> Path:
     batch = torch.export.Dim("batch", min=1, max=1024)
     sequence = torch.export.Dim("sequence", min=1, max=model.max_position_embeddings)
     shapes = {name: {0: batch, 1: sequence} for name in example}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                model,
-                kwargs=example,
-                dynamo=True,
-                dynamic_shapes=shapes,
-                input_names=list(example),
-                output_names=["last_hidden_state"],
-                opset_version=18,
-                external_data=False,
-                verbose=False,
-            )
-        program.save(tmp)
-        proto = onnx.load(tmp)
-        for key, value in (("max_length", model.max_position_embeddings), ("pad_token_id", model.pad_token_id)):
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, str(value)
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    metadata = {"max_length": model.max_position_embeddings, "pad_token_id": model.pad_token_id}
+    return write_onnx(model, example, path, shapes, ["last_hidden_state"], metadata=metadata)
 
 
 def export_text_encoder(

@@ -19,8 +19,6 @@ so the catalog's pad_multiple stays 1 (a reflect pad outside would change the re
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -202,29 +200,9 @@ def export_language_head(head: LanguageHead, path: str | Path) -> Path:
     The restore-time path (restorer.text_encoder.InstructionEncoder) reads the outputs by
     position, so a head exported by the generic restorer.export.export_onnx works as well.
     """
-    path = Path(path)
-    head = head.eval()
+    from restorer.export import write_onnx
+
     sample = torch.zeros(2, head.fc1.in_features)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                head,
-                kwargs={"sentence_embedding": sample},
-                dynamo=True,
-                dynamic_shapes={"sentence_embedding": {0: batch}},
-                input_names=["sentence_embedding"],
-                output_names=["embedding", "logits"],
-                opset_version=18,
-                external_data=False,
-                verbose=False,
-            )
-        program.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_onnx(head, {"sentence_embedding": sample}, path, {"sentence_embedding": {0: batch}},
+                      ["embedding", "logits"])
