@@ -1,0 +1,279 @@
+"""MambaIR v1 (restorer.archs.mambair) and the chunked selective scan.
+
+- Every released, complete v1 checkpoint manifest loads strictly (names and shapes, built on
+  the meta device); the parameter count equals the manifest's.
+- Each tiny v1 fixture (random weights, golden output from the official code) matches in
+  PyTorch and in ONNX Runtime, run through the official test procedure (MambaIRModel.test:
+  one piece under 200 px, else overlapping pieces); the 203x205 denoising fixture takes the
+  partition path.
+- The chunked scan equals the sequential recurrence (float64 to 1e-10; float32 within 1e-5 of
+  the float64 truth, relative to the output scale) on long sequences with strongly decaying
+  and near-zero-decay channels; its ONNX graph is one Scan node whose size does not grow with
+  the sequence length.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from restorer.archs import build
+from restorer.archs.mambair import MambaIR, MambaIRUNet
+from restorer.archs.selective_scan import selective_scan, selective_scan_reference
+from restorer.export import export_onnx, run_onnx
+from tests.manifests import FIXTURES, load_manifest, load_safetensors
+
+FIX = FIXTURES / "mambair"
+TINY = ["mambair_tiny_car_gray", "mambair_tiny_dn", "mambair_tiny_lightsr_x3", "mambair_tiny_sr_x2"]
+TOLERANCE = 1e-4  # the fixtures' suggested bar (their float64 re-run differs by <= 6e-6)
+# MambaIR_realSR is released but its architecture is unknown (no option file): no manifest.
+V1_MANIFESTS = [
+    *(f"MambaIR_SR_x{s}.keys.json" for s in (2, 3, 4)),
+    *(f"MambaIR_lightSR_x{s}.keys.json" for s in (2, 3, 4)),
+    *(f"ColorDN_MambaIR_level{s}.keys.json" for s in (15, 25, 50)),
+    *(f"MambaIR_CAR_q{q}.keys.json" for q in (10, 30, 40)),
+    "RealDN_MambaIR.keys.json",
+]
+
+
+def tiny(name: str, **extra) -> tuple[MambaIR, dict]:
+    meta = json.loads((FIX / f"{name}.json").read_text())
+    model = MambaIR(**meta["hyperparameters"], **extra).eval()
+    weights = load_safetensors(FIX / f"{name}.safetensors")
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
+    return model, meta
+
+
+def official_test(forward, image: np.ndarray, scale: int) -> np.ndarray:
+    """MambaIRModel.test(): n = size // 200 + 1 pieces per axis after reflect-padding the
+    bottom/right to a multiple of n; each piece reaches shave = piece // 10 pixels into its
+    inner neighbours; the piece's own block is copied out (no blending); padding cropped."""
+    _, c, h, w = image.shape
+    n_h, n_w = h // 200 + 1, w // 200 + 1
+    pad_h, pad_w = (-h) % n_h, (-w) % n_w
+    img = np.pad(image, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
+    sh, sw = img.shape[2] // n_h, img.shape[3] // n_w
+    shave_h, shave_w = sh // 10, sw // 10
+    out = np.zeros((1, c, img.shape[2] * scale, img.shape[3] * scale), np.float32)
+    for i in range(n_h):
+        top = i * sh - (shave_h if i > 0 else 0)
+        bottom = (i + 1) * sh + (shave_h if i < n_h - 1 else 0)
+        for j in range(n_w):
+            left = j * sw - (shave_w if j > 0 else 0)
+            right = (j + 1) * sw + (shave_w if j < n_w - 1 else 0)
+            piece = forward(np.ascontiguousarray(img[..., top:bottom, left:right]))
+            oy, ox = (shave_h if i > 0 else 0) * scale, (shave_w if j > 0 else 0) * scale
+            out[..., i * sh * scale:(i + 1) * sh * scale, j * sw * scale:(j + 1) * sw * scale] = \
+                piece[..., oy:oy + sh * scale, ox:ox + sw * scale]
+    return out[..., : h * scale, : w * scale]
+
+
+def torch_forward(model):
+    def forward(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return forward
+
+
+# ---- checkpoints ----
+
+
+@pytest.mark.parametrize("manifest_name", V1_MANIFESTS)
+def test_released_checkpoint_loads_strictly(manifest_name):
+    manifest, entries = load_manifest(FIX / manifest_name)
+    with torch.device("meta"):
+        model = build(manifest["arch"], manifest["hyperparameters"])
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == {k: s for k, s, _ in entries}
+    meta_sd = {k: torch.empty(s, device="meta") for k, s, _ in entries}
+    model.load_state_dict(meta_sd, strict=True, assign=True)
+    assert sum(p.numel() for p in model.parameters()) == manifest["params"]
+
+
+def test_unet_global_residual_and_size():
+    """No golden U-Net fixture exists: check what can be, the shapes through all levels
+    and the global residual (a zero output conv returns the input exactly)."""
+    torch.manual_seed(0)
+    net = MambaIRUNet(dim=32, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, mlp_ratio=1.5).eval()
+    x = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == x.shape and not torch.allclose(y, x)
+        net.output.weight.zero_()
+        assert torch.equal(net(x), x)
+
+
+# ---- tiny fixtures: PyTorch ----
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_fixture_torch(name):
+    model, meta = tiny(name)
+    x, golden = np.load(FIX / f"{name}.input.npy"), np.load(FIX / f"{name}.output.npy")
+    out = official_test(torch_forward(model), x, meta["hyperparameters"]["upscale"])
+    assert out.shape == golden.shape
+    assert np.abs(out - golden).max() <= TOLERANCE
+
+
+def test_partition_fixture_torch():
+    """203x205: 2x2 overlapping pieces; a single full forward differs from this by ~3.6."""
+    model, _ = tiny("mambair_tiny_dn")
+    x = np.load(FIX / "mambair_tiny_dn.partition.input.npy")
+    golden = np.load(FIX / "mambair_tiny_dn.partition.output.npy")
+    assert np.abs(official_test(torch_forward(model), x, 1) - golden).max() <= TOLERANCE
+
+
+def test_scan_chunk_changes_speed_not_results():
+    x = np.load(FIX / "mambair_tiny_sr_x2.input.npy")
+    outs = [torch_forward(tiny("mambair_tiny_sr_x2", scan_chunk=c)[0])(x) for c in (1, 4, 64, 256)]
+    assert max(np.abs(o - outs[0]).max() for o in outs[1:]) < 1e-5
+
+
+# ---- tiny fixtures: ONNX Runtime ----
+
+
+@pytest.mark.slow  # a dynamic-H/W export of the tiny denoiser and 4 pieces of 112x113: ~20 s
+def test_tiny_dn_onnx_dynamic_sizes(tmp_path):
+    """One export at the default chunk (16) runs: the fixture (15x11, 11 chunks), the
+    partition fixture's 112x113 pieces, and a 3x4 image shorter than one chunk."""
+    model, _ = tiny("mambair_tiny_dn")
+    x = np.load(FIX / "mambair_tiny_dn.input.npy")
+    path = export_onnx(model, {"x": torch.from_numpy(x)}, tmp_path / "dn.onnx")
+
+    def ort(a):
+        return run_onnx(path, {"x": a})
+
+    assert np.abs(official_test(ort, x, 1) - np.load(FIX / "mambair_tiny_dn.output.npy")).max() <= TOLERANCE
+    big = np.load(FIX / "mambair_tiny_dn.partition.input.npy")
+    golden = np.load(FIX / "mambair_tiny_dn.partition.output.npy")
+    assert np.abs(official_test(ort, big, 1) - golden).max() <= TOLERANCE
+    small = np.random.default_rng(0).random((2, 3, 3, 4), dtype=np.float32)
+    assert np.abs(ort(small) - torch_forward(model)(small)).max() <= TOLERANCE
+
+
+@pytest.mark.slow  # one fixed-size export each: ~6-9 s
+@pytest.mark.parametrize("name", ["mambair_tiny_car_gray", "mambair_tiny_lightsr_x3", "mambair_tiny_sr_x2"])
+def test_tiny_fixture_onnx(name, tmp_path):
+    # A short chunk keeps the export quick (fewer prefix levels in the Scan body); the chunk
+    # changes speed, not results (test_scan_chunk_changes_speed_not_results).
+    model, meta = tiny(name, scan_chunk=4)
+    x, golden = np.load(FIX / f"{name}.input.npy"), np.load(FIX / f"{name}.output.npy")
+    path = export_onnx(model, {"x": torch.from_numpy(x)}, tmp_path / f"{name}.onnx", dynamic_hw=False)
+    out = official_test(lambda a: run_onnx(path, {"x": a}), x, meta["hyperparameters"]["upscale"])
+    assert np.abs(out - golden).max() <= TOLERANCE
+
+
+# ---- the selective scan ----
+
+
+def scan_inputs(length, dim=8, n=4, groups=2, batch=2, dtype=torch.float64, seed=0, decay="mixed"):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    if decay == "strong":  # exp(delta * A) ~ exp(-10..-2000) per step: underflows to 0
+        A = -torch.exp(torch.empty(dim, n, dtype=dtype).uniform_(2.0, 6.0, generator=g))
+        bias = torch.full((dim,), 3.0, dtype=dtype)
+    elif decay == "weak":  # exp(delta * A) ~ 1 - 1e-8: the state sums the whole sequence
+        A = -torch.full((dim, n), 1e-6, dtype=dtype)
+        bias = torch.full((dim,), -4.0, dtype=dtype)
+    else:
+        A = -torch.exp(rnd(dim, n))
+        bias = rnd(dim)
+    return dict(u=rnd(batch, dim, length), delta=rnd(batch, dim, length), A=A,
+                B=rnd(batch, groups, n, length), C=rnd(batch, groups, n, length),
+                D=rnd(dim), delta_bias=bias, delta_softplus=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("length, chunk", [(1, 64), (37, 1), (37, 8), (64, 64), (300, 16), (300, 128)])
+def test_scan_equals_recurrence_float64(length, chunk):
+    args = scan_inputs(length)
+    ref = selective_scan_reference(**args)
+    assert (selective_scan(**args, chunk=chunk) - ref).abs().max() < 1e-10
+
+
+def test_scan_variants():
+    """B, C without a group axis; no D, no bias, no softplus; one group per channel."""
+    args = scan_inputs(50, groups=1)
+    args["B"], args["C"] = args["B"][:, 0], args["C"][:, 0]
+    for drop in ({}, {"D": None, "delta_bias": None, "delta_softplus": False}):
+        a = {**args, **drop}
+        if not a["delta_softplus"]:
+            a["delta"] = a["delta"].abs()
+        assert (selective_scan(**a, chunk=16) - selective_scan_reference(**a)).abs().max() < 1e-10
+    a = scan_inputs(40, dim=6, groups=6)
+    assert (selective_scan(**a, chunk=8) - selective_scan_reference(**a)).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("decay", ["strong", "weak", "mixed"])
+def test_scan_float32_long_sequence(decay):
+    """L = 4096 (a 64x64 tile): float32 chunked vs the float64 recurrence, within 1e-5 of
+    the output's scale; no inf/nan where decays underflow or never decay."""
+    args64 = scan_inputs(4096, dim=8, n=4, batch=1, decay=decay, seed=1)
+    ref = selective_scan_reference(**args64)
+    args32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in args64.items()}
+    out = selective_scan(**args32, chunk=64).double()
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item())
+
+
+def test_scan_operator_path_equals_loop():
+    """The path taken under export (torch's scan operator) gives the eager loop's result."""
+    args = scan_inputs(150)
+    loop = selective_scan(**args, chunk=16, use_scan_op=False)
+    assert (selective_scan(**args, chunk=16, use_scan_op=True) - loop).abs().max() < 1e-12
+
+
+def test_scan_rejects_bad_shapes():
+    args = scan_inputs(10)
+    with pytest.raises(ValueError, match="power of two"):
+        selective_scan(**args, chunk=12)
+    with pytest.raises(ValueError, match="groups"):
+        selective_scan(**{**args, "B": args["B"][:, :, :3], "C": args["C"][:, :, :3]})
+
+
+class _Scan(torch.nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.A = torch.nn.Parameter(args["A"])
+        self.D = torch.nn.Parameter(args["D"])
+        self.bias = torch.nn.Parameter(args["delta_bias"])
+
+    def forward(self, u, delta, b, c):
+        return selective_scan(u, delta, self.A, b, c, self.D, self.bias, True, chunk=16)
+
+
+def _node_count(graph) -> int:
+    """Nodes of a graph and of every subgraph (Scan/Loop bodies)."""
+    count = 0
+    for node in graph.node:
+        count += 1
+        for attr in node.attribute:
+            if attr.g.node:
+                count += _node_count(attr.g)
+    return count
+
+
+@pytest.mark.slow  # two small exports: ~6 s
+def test_scan_onnx_graph_does_not_grow_with_length(tmp_path):
+    """Exported at L = 64 and at L = 1024 (fixed sizes, so an unrolled loop would show):
+    the same node count, one Scan node, and ONNX Runtime matches the recurrence."""
+    import onnx
+
+    counts = []
+    for length in (64, 1024):
+        args = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in scan_inputs(length, batch=1).items()}
+        inputs = (args["u"], args["delta"], args["B"], args["C"])
+        path = tmp_path / f"scan{length}.onnx"
+        torch.onnx.export(_Scan(args).eval(), inputs, path, dynamo=True, opset_version=18, verbose=False)
+        graph = onnx.load(path).graph
+        counts.append(_node_count(graph))
+        assert [n.op_type for n in graph.node].count("Scan") == 1
+        got = run_onnx(path, dict(zip(("u", "delta", "b", "c"), (t.numpy() for t in inputs))))
+        ref = selective_scan_reference(**scan_inputs(length, batch=1)).numpy()
+        assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    assert counts[0] == counts[1] < 250
