@@ -75,7 +75,8 @@ def _register_fixture_parts(home: Path) -> None:
         "oldphoto-vae-b-scratch": ("OldPhotoVAE", vae, load_safetensors(OLD / "global_vae_b.safetensors")),
         "oldphoto-mapping-quality": ("OldPhotoMapping", mapping, load_safetensors(OLD / "global_mapping_plain_tiny.safetensors")),
         "oldphoto-mapping-scratch": ("OldPhotoMappingNL", nl, load_safetensors(OLD / "global_mapping_nl_tiny.safetensors")),
-        "oldphoto-mapping-hr": ("OldPhotoMappingPA", {**mapping, "mapping_exp": 1}, None),
+        # the patch attention is built for 512 channels whatever map_mc says, as upstream
+        "oldphoto-mapping-hr": ("OldPhotoMappingPA", {**mapping, "map_mc": 512, "mapping_exp": 1}, None),
         "oldphoto-face-256": ("OldPhotoFaceSPADE", face, None),
         "oldphoto-face-512": ("OldPhotoFaceSPADE", {**face, "load_size": 512}, None),
     }
@@ -118,3 +119,27 @@ def test_with_fixture_weights_runs_the_network_path(tmp_path):
     else:  # the sample has one face: detected, enhanced at 256 px, blended back
         assert stages[2:] == ["face-detection", "face-01"]
         assert Image.open(out_dir / "oldphoto_scratch_b.face-01.png").size == (256, 256)
+
+
+def test_gray_photo_in_hr_mode(tmp_path):
+    """A grayscale scan through the authors' HR mode: patch-attention mapping, 512-px faces,
+    and the result stays grayscale at the input's size."""
+    pytest.importorskip("torch")
+    home = tmp_path / "h"
+    _register_fixture_parts(home)
+    gray = tmp_path / "gray_scan.png"
+    Image.open(PHOTO).convert("L").resize((240, 240)).save(gray)
+    r = cli(gray, "-o", tmp_path / "out", "--task", "old-photo", "--scratches", "yes", "--hr", "--json",
+            "--save-intermediates", home=home)
+    assert r.returncode == 0, r.stderr
+    step = json.loads(r.stdout)["files"][0]["steps"][0]
+    assert "oldphoto-mapping-hr" in step["stages"][1]["backend"]
+    out = Image.open(tmp_path / "out" / "gray_scan.png")
+    assert out.mode == "L" and out.size == (240, 240)
+    try:
+        import dlib  # noqa: F401
+    except ImportError:
+        return
+    faces = [s for s in step["stages"] if s["stage"].startswith("face-0")]
+    assert faces and faces[0]["backend"] == "oldphoto-face-512"
+    assert Image.open(tmp_path / "out" / "gray_scan.face-01.png").size == (512, 512)
