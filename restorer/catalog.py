@@ -113,6 +113,17 @@ class Catalog:
         return sorted((s for s in self if task in s.tasks and s.released), key=lambda s: -s.rank)
 
 
+def human_size(n: int) -> str:
+    """A file size for people ("-" when the catalog does not know it)."""
+    if not n:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
 def parse(text: str) -> Catalog:
     return Catalog([_spec(e) for e in tomllib.loads(text).get("model", [])])
 

@@ -19,7 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from restorer.catalog import TASKS, ModelSpec
+from restorer import store
+from restorer.catalog import TASKS, ModelSpec, human_size
 
 PROG = "restorer-cli"
 
@@ -93,44 +94,15 @@ def _spec(model_id: str) -> ModelSpec:
     return _catalog().get(model_id)
 
 
-def state_of(spec: ModelSpec) -> str:
-    """What a user can do with a model now: built-in, onnx, installed, missing, unreleased."""
-    from restorer import store
-
-    if spec.builtin:
-        return "built-in"
-    if spec.arch == "bundled":  # ships inside a Python package (e.g. a text detector)
-        return "bundled" if store.is_installed(spec) else "missing"
-    if not spec.released:
-        return "unreleased"
-    if spec.is_pipeline:
-        return "ready" if store.is_ready(spec) else "missing"
-    if store.exported_precisions(spec):
-        return "onnx"
-    if store.is_installed(spec):
-        return "installed"
-    return "missing"
-
-
-def human_size(n: int) -> str:
-    if not n:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
-
-
 def licence_of(spec: ModelSpec) -> str:
     return f"{spec.licence} [non-commercial]" if spec.non_commercial else spec.licence
 
 
 def row_of(spec: ModelSpec) -> dict:
-    state = state_of(spec)
+    state = store.state(spec)
     return {
         "id": spec.id, "title": spec.title, "family": spec.family, "tasks": list(spec.tasks), "arch": spec.arch,
-        "scale": spec.scale, "size": spec.size, "licence": spec.licence, "non_commercial": spec.non_commercial,
+        "scale": spec.output_scale, "size": spec.size, "licence": spec.licence, "non_commercial": spec.non_commercial,
         "released": spec.released, "state": state, "installed": state in ("built-in", "bundled", "onnx", "installed", "ready"),
     }
 

@@ -79,6 +79,22 @@ def is_installed(spec: ModelSpec) -> bool:
     return bool(spec.files) and all(p.is_file() for p in weight_paths(spec))
 
 
+def state(spec: ModelSpec) -> str:
+    """What a user can do with a model now: built-in, bundled, unreleased, ready (a
+    pipeline with all its parts), onnx (exported), installed, or missing."""
+    if spec.builtin:
+        return "built-in"
+    if spec.arch == "bundled":  # ships inside a Python package (e.g. a text detector)
+        return "bundled" if is_installed(spec) else "missing"
+    if not spec.released:
+        return "unreleased"
+    if spec.is_pipeline:
+        return "ready" if is_ready(spec) else "missing"
+    if exported_precisions(spec):
+        return "onnx"
+    return "installed" if is_installed(spec) else "missing"
+
+
 def _package_installed(distribution: str) -> bool:
     from importlib import metadata
 

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (
 )
 
 from restorer import store
-from restorer.catalog import TASKS, Catalog, ModelSpec, load_catalog
+from restorer.catalog import TASKS, Catalog, ModelSpec, human_size, load_catalog
 from restorer_ui.jobs import CallJob
 from restorer_ui.request_panel import TASK_LABELS
 from restorer_ui.settings import AppSettings
@@ -24,31 +24,20 @@ COLUMNS = ("Model", "State", "Size", "Licence", "Notes")
 ID_ROLE = Qt.ItemDataRole.UserRole
 
 
-def human_size(n: int) -> str:
-    if not n:
-        return "unknown"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
+# store.state -> what the list shows
+STATE_LABELS = {"built-in": "built-in", "bundled": "bundled in a package", "unreleased": "never released",
+                "ready": "ready", "installed": "installed", "missing": "not installed"}
 
 
 def model_state(spec: ModelSpec) -> str:
-    if spec.builtin:
-        return "built-in"
-    if not spec.released:
-        return "never released"
-    if spec.is_pipeline:
-        return "ready" if store.is_ready(spec) else "needs " + ", ".join(spec.needs)
-    exports = store.exported_precisions(spec)
-    if exports:
-        return "installed, ONNX " + "/".join(exports)
-    if store.is_installed(spec):
-        return "installed"
-    if any(f.browser for f in spec.files):
+    state = store.state(spec)
+    if state == "onnx":
+        return "installed, ONNX " + "/".join(store.exported_precisions(spec))
+    if state == "missing" and spec.is_pipeline:
+        return "needs " + ", ".join(spec.needs)
+    if state == "missing" and any(f.browser for f in spec.files):
         return "not installed (manual download)"
-    return "not installed"
+    return STATE_LABELS[state]
 
 
 def device_summary(device: str) -> tuple[str, str]:
@@ -156,7 +145,7 @@ class ModelManager(QWidget):
             licence += " - NON-COMMERCIAL"
         notes = spec.notes if spec.released else "announced, weights never published"
         item = QTreeWidgetItem([f"{spec.id}  -  {spec.title}", model_state(spec),
-                                "" if spec.builtin else human_size(spec.size), licence, notes])
+                                "" if spec.builtin else (human_size(spec.size) if spec.size else "unknown"), licence, notes])
         item.setData(0, ID_ROLE, spec.id)
         for column in range(1, len(COLUMNS)):
             item.setToolTip(column, item.text(column))
