@@ -62,10 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--faces", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--hr", action="store_true", help="the old-photo high-resolution mode")
     g.add_argument("--mask", type=Path, metavar="M", help="your own text mask (white = remove)")
+    g.add_argument("--boxes", type=parse_boxes, metavar="X0,Y0,X1,Y1[;...]",
+                   help="text boxes in pixels instead of detecting them")
     g.add_argument("--dilate", type=int, default=None, metavar="N", help="grow the text mask by N pixels")
     g.add_argument("--save-intermediates", action="store_true", help="write each stage's image beside the output")
     p.add_argument("--version", action="version", version=f"restorer {__version__}")
     return p
+
+
+def parse_boxes(text: str) -> list[list[float]]:
+    """"10,20,200,60;5,5,50,30" -> axis-aligned boxes [x0, y0, x1, y1]."""
+    boxes = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        try:
+            x0, y0, x1, y1 = (float(v) for v in part.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a box is X0,Y0,X1,Y1 in pixels, not {part!r}") from None
+        if x1 <= x0 or y1 <= y0:
+            raise argparse.ArgumentTypeError(f"box {part!r} is empty (X1 must exceed X0, Y1 Y0)")
+        boxes.append([x0, y0, x1, y1])
+    return boxes
 
 
 def fail(message: str, code: int = 2) -> int:
@@ -177,6 +193,8 @@ def pipeline_options(args) -> dict:
         extra["hr"] = True
     if args.mask is not None:
         extra["mask"] = str(args.mask)
+    if args.boxes:
+        extra["boxes"] = args.boxes
     if args.dilate is not None:
         extra["dilate"] = args.dilate
     return extra

@@ -170,3 +170,27 @@ def test_instruction_remove_the_text_runs_the_pipeline(tmp_path, garnet_home, ph
     result, mask = written(tmp_path / "out")
     np.testing.assert_array_equal(mask, drawn > 0)
     assert_only_the_mask_changed(photo, result, mask)
+
+
+def test_boxes_given_on_the_command_line(tmp_path):
+    """--boxes replaces detection: the mask is exactly those boxes grown by --dilate."""
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "card.png"
+    Image.fromarray(np.full((60, 80, 3), 200, np.uint8)).save(src)
+    r = subprocess.run([sys.executable, "-m", "restorer.cli", str(src), "-o", str(tmp_path / "out"), "--task",
+                        "remove-text", "--boxes", "10,20,30,40;50,5,70,15", "--dilate", "0", "--json",
+                        "--save-intermediates"], capture_output=True, text=True,
+                       env={**os.environ, "RESTORER_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0, r.stderr
+    stages = json.loads(r.stdout)["files"][0]["steps"][0]["stages"]
+    assert stages[0]["stage"] == "boxes" and stages[0]["boxes"] == 2
+    mask = np.asarray(Image.open(tmp_path / "out" / "card.text-mask.png")) > 127
+    expected = np.zeros((60, 80), bool)
+    expected[20:41, 10:31] = True  # cv2.fillPoly includes the edges
+    expected[5:16, 50:71] = True
+    assert np.array_equal(mask, expected)
+    bad = subprocess.run([sys.executable, "-m", "restorer.cli", str(src), "-o", str(tmp_path / "o2"), "--task",
+                          "remove-text", "--boxes", "10,20,5,40"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "empty" in bad.stderr

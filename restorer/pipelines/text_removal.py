@@ -236,6 +236,9 @@ def run(step, image, ctx, report):
         mask = user.pixels.mean(axis=2) > 0.5  # white = remove
         report.stages.append({"stage": "mask", "backend": f"user mask {opts['mask']}",
                               "seconds": round(time.perf_counter() - t0, 3)})
+    elif opts.get("boxes"):
+        boxes = [np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32) for x0, y0, x1, y1 in opts["boxes"]]
+        report.stages.append({"stage": "boxes", "backend": "given with --boxes", "boxes": len(boxes), "seconds": 0.0})
     else:
         boxes = detect_text(pixels)
         report.stages.append({"stage": "detect", "backend": "text-detector-dbnet (bundled, ONNX Runtime)",
