@@ -201,6 +201,27 @@ def test_superres_before_is_stretched_to_the_result(qtbot, window):
     assert np.abs(shown - view.before.arrays[0][240, 20].astype(int)).sum() < 60
 
 
+def test_task_options_reach_the_steps(qtbot, window):
+    """The CLI's --strength, --scratches/--faces/--hr and --mask/--dilate, in the window."""
+    panel = window.request
+    panel.set_task("denoise")
+    assert panel.strength.isVisibleTo(panel) and not panel.hr.isVisibleTo(panel)
+    panel.strength.setCurrentIndex(panel.strength.findData(1.0))
+    assert panel.steps()[0].options["strength"] == 1.0
+    panel.set_task("old-photo")
+    assert panel.hr.isVisibleTo(panel) and not panel.strength.isVisibleTo(panel)
+    panel.hr.setChecked(True)
+    panel.faces.setChecked(False)
+    panel.scratches.setCurrentIndex(panel.scratches.findData("yes"))
+    options = panel.steps()[0].options
+    assert options["hr"] is True and options["faces"] is False and options["scratches"] == "yes"
+    panel.set_task("remove-text")
+    panel.dilate.setValue(5)
+    panel.mask_path.setText("/tmp/mask.png")
+    options = panel.steps()[0].options
+    assert options["dilate"] == 5 and options["mask"] == "/tmp/mask.png"
+
+
 def test_live_plan_follows_the_instruction(qtbot, window):
     box = window.request.instruction
     qtbot.keyClicks(box, "remove the noise then upscale 2x")

@@ -9,7 +9,8 @@ from typing import Callable
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QStandardItemModel
 from PySide6.QtWidgets import (
-    QButtonGroup, QComboBox, QFormLayout, QLabel, QLineEdit, QRadioButton, QVBoxLayout, QWidget,
+    QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+    QRadioButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from restorer import engine
@@ -21,6 +22,8 @@ TASK_LABELS = {
     "jpeg": "Remove JPEG artefacts", "old-photo": "Repair an old photo", "remove-text": "Remove text",
 }
 AUTO = ""  # the model combo's "best installed" entry
+STRENGTHS = (("Automatic", None), ("Gentle", 0.3), ("Medium", 0.6), ("Strong", 1.0))
+STRENGTH_TASKS = ("denoise", "dehaze", "lowlight", "superres")  # the built-in operators take a strength
 
 
 class RequestPanel(QWidget):
@@ -56,6 +59,7 @@ class RequestPanel(QWidget):
         form.addRow("Task", self.task)
         form.addRow("Model", self.model)
         form.addRow(self.scale_label, self.scale)
+        self._add_task_options(form)
 
         self.instruction = QLineEdit()
         self.instruction.setPlaceholderText('e.g. "remove the noise, then upscale 2x"')
@@ -82,6 +86,69 @@ class RequestPanel(QWidget):
         self.instruction.textEdited.connect(self._instruction_edited)
         self._task_changed()
         self._mode_changed()
+
+    def _add_task_options(self, form: QFormLayout) -> None:
+        """The options only some tasks have (the CLI's --strength, --scratches, --faces,
+        --hr, --mask, --dilate), each row shown only for its task."""
+        self.strength = QComboBox()
+        for label, value in STRENGTHS:
+            self.strength.addItem(label, value)
+        self.scratches = QComboBox()
+        for label, value in (("Detect automatically", "auto"), ("Yes, repair them", "yes"), ("No scratches", "no")):
+            self.scratches.addItem(label, value)
+        self.faces = QCheckBox("Enhance faces")
+        self.faces.setChecked(True)
+        self.hr = QCheckBox("High-resolution mode")
+        self.dilate = QSpinBox()
+        self.dilate.setRange(0, 50)
+        self.dilate.setValue(2)
+        self.dilate.setSuffix(" px")
+        self.mask_path = QLineEdit()
+        self.mask_path.setPlaceholderText("detect the text automatically")
+        browse = QPushButton("Browse...")
+        browse.clicked.connect(self._choose_mask)
+        mask_row = QWidget()
+        row = QHBoxLayout(mask_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.mask_path)
+        row.addWidget(browse)
+        self._task_rows = {}  # task -> [(label, field)]
+        for tasks, label, field in (
+            (STRENGTH_TASKS, "Strength", self.strength),
+            (("old-photo",), "Scratches", self.scratches),
+            (("old-photo",), "", self.faces),
+            (("old-photo",), "", self.hr),
+            (("remove-text",), "Mask (white = remove)", mask_row),
+            (("remove-text",), "Grow mask by", self.dilate),
+        ):
+            caption = QLabel(label)
+            form.addRow(caption, field)
+            for task in tasks:
+                self._task_rows.setdefault(task, []).append((caption, field))
+        for w in (self.strength, self.scratches):
+            w.currentIndexChanged.connect(self.schedule)
+        for w in (self.faces, self.hr):
+            w.toggled.connect(self.schedule)
+        self.dilate.valueChanged.connect(self.schedule)
+        self.mask_path.textChanged.connect(self.schedule)
+
+    def _choose_mask(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Text mask", "", "Images (*.png *.jpg *.jpeg *.tif *.tiff *.bmp *.webp)")
+        if path:
+            self.mask_path.setText(path)
+
+    def task_options(self, task: str) -> tuple[float | None, dict]:
+        """(strength, pipeline options) set in the panel for `task`, as the CLI passes them."""
+        strength = self.strength.currentData() if task in STRENGTH_TASKS else None
+        extra: dict = {}
+        if task == "old-photo":
+            extra = {"scratches": self.scratches.currentData(), "faces": self.faces.isChecked(),
+                     "hr": self.hr.isChecked()}
+        elif task == "remove-text":
+            extra = {"dilate": self.dilate.value()}
+            if self.mask_path.text().strip():
+                extra["mask"] = self.mask_path.text().strip()
+        return strength, extra
 
     # ------------------------------------------------------------ state
 
@@ -129,11 +196,17 @@ class RequestPanel(QWidget):
         superres = task == "superres"
         self.scale.setVisible(superres)
         self.scale_label.setVisible(superres)
+        shown = {id(w) for pair in self._task_rows.get(task, []) for w in pair}
+        for pairs in self._task_rows.values():
+            for caption, field in pairs:
+                caption.setVisible(id(caption) in shown)
+                field.setVisible(id(field) in shown)
         self.schedule()
 
     def _mode_changed(self) -> None:
         by_task = self.by_task.isChecked()
-        for w in (self.task, self.model, self.scale):
+        for w in (self.task, self.model, self.scale, self.strength, self.scratches, self.faces, self.hr,
+                  self.dilate, self.mask_path):
             w.setEnabled(by_task)
         self.schedule()
 
@@ -157,6 +230,8 @@ class RequestPanel(QWidget):
         task = self.task.currentData()
         scale = self.scale.currentData() if task == "superres" else None
         options = self.options(scale=scale)
+        options.strength, extra = self.task_options(task)
+        options.extra.update(extra)
         model = self.model.currentData()
         if model:
             return [engine.resolve_model(model, options, self.catalog)]

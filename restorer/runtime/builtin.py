@@ -258,8 +258,13 @@ class IlluminationMapEnhancer(_BuiltinOperator):
     self-guided filter does that job: it smooths texture inside regions while keeping the
     strong edges between lit and unlit regions, so dividing by it does not halo. The map is
     raised to gamma = strength (LIME's 0.8 by default; 0 leaves the image unchanged, 1 divides
-    the full map out) and the image divided by it. No denoising is done: chain builtin:denoise
-    after it for noisy night shots.
+    the full map out) and the image divided by it.
+
+    Brightening a dark region amplifies its sensor noise by the same gain, so, as LIME does,
+    the result is denoised and recomposed by the map: out = R * T + denoise(R) * (1 - T), T the
+    gamma-corrected illumination: dark regions take the denoised pixels, lit ones stay as
+    they were. The noise level of R is estimated (Immerkaer's Laplacian estimator) and sets
+    the non-local means strength, so a clean dark photo is barely touched.
 
     whole_image: the smoothing radius grows with the image (1/50 of the short side) so the
     result does not depend on resolution, and a map that wide would need huge tile overlaps;
@@ -286,10 +291,25 @@ class IlluminationMapEnhancer(_BuiltinOperator):
         image = np.clip(image, 0.0, 1.0)
         if self.strength == 0.0:
             return image.copy()
-        gain = self.illumination(image) ** -self.strength
+        light = self.illumination(image) ** self.strength
         if image.ndim == 3:
-            gain = gain[:, :, None]
-        return np.clip(image * gain, 0.0, 1.0).astype(np.float32)
+            light = light[:, :, None]
+        enhanced = np.clip(image / light, 0.0, 1.0).astype(np.float32)
+        sigma = noise_sigma(enhanced)
+        if sigma < 1.0 / 255:
+            return enhanced
+        denoised = NonLocalMeansDenoiser(min(1.0, sigma * 255 / 50))._process(enhanced, index, extra)
+        keep = np.clip(light, 0.0, 1.0)
+        return np.clip(enhanced * keep + denoised * (1 - keep), 0.0, 1.0).astype(np.float32)
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Gaussian noise level of an image in [0, 1] (Immerkaer, CVIU 1996): the mean absolute
+    response of a Laplacian difference kernel that cancels smooth image structure."""
+    luma = luminance(image) if image.ndim == 3 else image
+    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
+    response = cv2.filter2D(luma.astype(np.float64), -1, kernel, borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2) * np.abs(response).mean() / 6)
 
 
 # ---------------------------------------------------------------------------------------
