@@ -172,6 +172,7 @@ def _torch_load(path: Path):
                          "only plain tensor files are loaded (nothing in it was run)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first.split(". ")[0]  # torch appends paragraphs of advice after the cause
         raise StoreError(f"cannot read {path.name} as a PyTorch checkpoint: {first}") from None
 
 
