@@ -327,5 +327,7 @@ def resolve_instruction(text: str, options: Options, catalog: Catalog | None = N
         step = resolve_task(p.task, step_options, catalog, prompt=p.prompt)
         for key, value in p.options.items():
             step.options.setdefault(key, value)
+        if "scale" not in p.options and ("target_long_side" in p.options or "target_short_side" in p.options):
+            step.options.pop("scale", None)  # chosen per image, from its size, when it runs
         steps.append(step)
     return steps
