@@ -202,11 +202,15 @@ def test_upscale_tiles_seamlessly(scale):
 
 
 def test_dehaze_raises_contrast_and_lowers_dark_channel():
-    hazy = load("sots_hazy_0002.jpg")  # measured: contrast 0.217 -> 0.234, dark 0.427 -> 0.129
+    hazy = load("sots_hazy_0002.jpg")  # measured: contrast 0.217 -> 0.294, dark 0.427 -> 0.253
     dehazed = from_batch(builtin_runner("dehaze")(to_batch(hazy)))
     assert dehazed.shape == hazy.shape
-    assert rms_contrast(dehazed) >= rms_contrast(hazy) + 0.01
+    assert rms_contrast(dehazed) >= rms_contrast(hazy) + 0.03
     assert dark_channel(dehazed, 7).mean() <= dark_channel(hazy, 7).mean() - 0.1
+    # and it is closer to the clear photo, not just darker (20.4 -> 21.3 dB; without the
+    # sky tolerance the bright sky blew out and it fell to 14.7 dB)
+    clear = load("sots_clean_0002.png")[: hazy.shape[0], : hazy.shape[1]]
+    assert psnr(dehazed, clear) >= psnr(hazy, clear) + 0.5
     # a milder omega removes less haze
     milder = from_batch(builtin_runner("dehaze", strength=0.5)(to_batch(hazy)))
     assert dark_channel(dehazed, 7).mean() < dark_channel(milder, 7).mean() < dark_channel(hazy, 7).mean()
