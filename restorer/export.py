@@ -6,6 +6,7 @@ where the legacy TorchScript exporter bakes the export size into some reshapes.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -165,22 +166,39 @@ def _forward_parameters(module: torch.nn.Module) -> list[str]:
     return list(inspect.signature(module.forward).parameters)
 
 
-def example_inputs(spec, module: torch.nn.Module, tile: int, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Inputs to trace and check a catalog model with, `tile` pixels square.
-
-    A family whose network takes more than an image (a text embedding, a mask, a latent)
-    defines `example_inputs(hparams, tile)` in its arch module, returning every input by
-    name; otherwise the network takes one image of the catalog's channel count.
-    """
+def _family(spec):
     import importlib
 
     from restorer.archs import ARCHS
 
+    return importlib.import_module(ARCHS[spec.arch].split(":")[0])
+
+
+def export_parts(spec) -> tuple[str, ...]:
+    """The sub-graphs of a model its pipeline runs on its own, each exported to
+    store.onnx_path(spec, precision, part): the family module's EXPORT_PARTS for the
+    model's arch (e.g. a VAE's encoder and decoder); () for a model exported whole."""
+    from restorer.archs import ARCHS
+
+    if spec.arch not in ARCHS or spec.arch in TEXT_EXPORTERS:
+        return ()
+    return tuple(getattr(_family(spec), "EXPORT_PARTS", {}).get(spec.arch, ()))
+
+
+def example_inputs(spec, module: torch.nn.Module, tile: int, batch: int = 1, seed: int = 0,
+                   part: str | None = None) -> dict[str, torch.Tensor]:
+    """Inputs to trace and check a catalog model (or its sub-graph `part`) with, `tile`
+    pixels square.
+
+    A family whose network takes more than an image (a text embedding, a mask, a latent)
+    defines `example_inputs(hparams, tile)` in its arch module, returning every input by
+    name (a family with EXPORT_PARTS: `example_inputs(hparams, tile, part=None)`);
+    otherwise the network takes one image of the catalog's channel count.
+    """
     generator = torch.Generator().manual_seed(seed)
-    family = importlib.import_module(ARCHS[spec.arch].split(":")[0])
-    hook = getattr(family, "example_inputs", None)
+    hook = getattr(_family(spec), "example_inputs", None)
     if hook is not None:
-        inputs = hook(spec.hparams, tile)
+        inputs = hook(spec.hparams, tile, part=part) if part else hook(spec.hparams, tile)
         return {k: v.expand(batch, *v.shape[1:]).contiguous() if v.dim() else v for k, v in inputs.items()}
     names = _forward_parameters(module)
     if len(names) != 1:
@@ -200,11 +218,10 @@ def export_model(spec, tile: int | None = None, precision: str = "fp32", force: 
     are run on the same random input at the tile size: an export further than the
     tolerance from PyTorch is discarded with an error. fp16 is refused for archs whose
     catalog `precisions` lack it unless `force`. An existing export is kept unless `force`.
-    Returns the path and the measured parity.
+    A model whose family declares EXPORT_PARTS is exported as those sub-graphs instead,
+    each to store.onnx_path(spec, precision, part) with its own check and record.
+    Returns the path and the measured parity (for parts: the last path, the worst parity).
     """
-    import copy
-    import json
-
     from restorer import store
 
     say = progress or (lambda message: None)
@@ -215,23 +232,21 @@ def export_model(spec, tile: int | None = None, precision: str = "fp32", force: 
     if precision == "fp16" and "fp16" not in spec.precisions and not force:
         raise ExportError(f"fp16 is not known to be safe for '{spec.id}' ({spec.arch}; catalog precisions: "
                           f"{', '.join(spec.precisions)}); add --force to export it anyway")
-    target = store.onnx_path(spec, precision)
-    sidecar = target.with_suffix(".json")
-    if target.is_file() and not force:
-        try:
-            info = json.loads(sidecar.read_text())
-            return target, Parity(info["max_abs_diff"], info["tolerance"])
-        except (OSError, ValueError, KeyError):
-            pass  # no record of the check: export again
+    targets = [(part, store.onnx_path(spec, precision, part)) for part in export_parts(spec) or [None]]
+    done = {part: _recorded(target) for part, target in targets if not force}
+    if all(done.get(part) for part, _ in targets):
+        return targets[-1][1], max((done[part] for part, _ in targets), key=lambda r: r.max_abs_diff)
     if not store.is_installed(spec):
         raise ExportError(store._hint(spec))
+    target = targets[-1][1]
     if spec.arch in TEXT_EXPORTERS:
         say(f"exporting {spec.id}")
         result = TEXT_EXPORTERS[spec.arch](spec, target)
         if not result.ok:
             target.unlink(missing_ok=True)
             raise ExportError(f"'{spec.id}': ONNX Runtime differs from PyTorch by {result.max_abs_diff:.2e}")
-        sidecar.write_text(json.dumps({"max_abs_diff": result.max_abs_diff, "tolerance": result.tolerance}))
+        target.with_suffix(".json").write_text(json.dumps({"max_abs_diff": result.max_abs_diff,
+                                                           "tolerance": result.tolerance}))
         return target, result
 
     multiple = max(1, spec.pad_multiple)
@@ -239,10 +254,41 @@ def export_model(spec, tile: int | None = None, precision: str = "fp32", force: 
     tile = max(multiple, tile - tile % multiple)
     say(f"loading {store.weights_path(spec).name}")
     module = store.load_model(spec)
+    results = []
+    for part, target in targets:
+        if done.get(part):
+            results.append(done[part])
+            continue
+        net = getattr(module, part) if part else module
+        if part:
+            say(f"part {part}")
+        results.append(_export_graph(spec, net, target, tile, precision, part, say))
+    return target, max(results, key=lambda r: r.max_abs_diff)
+
+
+def _recorded(target: Path) -> Parity | None:
+    """The parity recorded next to an existing export, or None (no export, or no record of
+    its check: export again)."""
+    if not target.is_file():
+        return None
+    try:
+        info = json.loads(target.with_suffix(".json").read_text())
+        return Parity(info["max_abs_diff"], info["tolerance"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _export_graph(spec, module: torch.nn.Module, target: Path, tile: int, precision: str, part: str | None,
+                  say) -> Parity:
+    """One network (or sub-graph) exported to `target`, checked against PyTorch, recorded."""
+    import copy
+
+    name = f"{spec.id} {part}" if part else spec.id
     net = _HalfPrecision(copy.deepcopy(module)) if precision == "fp16" else module
     # The batch axis is dynamic (min 1), which torch.export cannot trace from a batch of one.
-    example = example_inputs(spec, module, tile, batch=2)
-    check = {k: v[:1].numpy() if v.dim() else v.numpy() for k, v in example_inputs(spec, module, tile, seed=1).items()}
+    example = example_inputs(spec, module, tile, batch=2, part=part)
+    check = {k: v[:1].numpy() if v.dim() else v.numpy()
+             for k, v in example_inputs(spec, module, tile, seed=1, part=part).items()}
     tolerance = FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE
     scratch = target.with_name(f".{target.name}.{os.getpid()}.check.onnx")
     dynamic = True
@@ -256,22 +302,23 @@ def export_model(spec, tile: int | None = None, precision: str = "fp32", force: 
             try:
                 export_onnx(net, example, scratch, dynamic_hw=False)
             except Exception as e2:  # noqa: BLE001
-                raise ExportError(f"'{spec.id}' could not be exported: {str(e2).splitlines()[0][:200]}") from None
+                raise ExportError(f"'{name}' could not be exported: {str(e2).splitlines()[0][:200]}") from None
         say("checking ONNX Runtime against PyTorch")
         try:
             result = parity(module, scratch, check, tolerance=tolerance)
         except Exception as e:  # noqa: BLE001 - e.g. no fp16 kernels in this ONNX Runtime build
-            raise ExportError(f"'{spec.id}' {precision} export could not be run by ONNX Runtime here: "
+            raise ExportError(f"'{name}' {precision} export could not be run by ONNX Runtime here: "
                               f"{str(e).strip().splitlines()[0][:200]}; the export was discarded") from None
         if not result.ok:
-            raise ExportError(f"'{spec.id}' {precision} export differs from PyTorch by {result.max_abs_diff:.3g} "
+            raise ExportError(f"'{name}' {precision} export differs from PyTorch by {result.max_abs_diff:.3g} "
                               f"(tolerance {tolerance:g}); the export was discarded")
         os.replace(scratch, target)
     finally:
         scratch.unlink(missing_ok=True)
-    sidecar.write_text(json.dumps({"model": spec.id, "precision": precision, "tile": tile, "dynamic_hw": dynamic,
-                                   "max_abs_diff": result.max_abs_diff, "tolerance": tolerance}, indent=1))
-    return target, result
+    record = {"model": spec.id, **({"part": part} if part else {}), "precision": precision, "tile": tile,
+              "dynamic_hw": dynamic, "max_abs_diff": result.max_abs_diff, "tolerance": tolerance}
+    target.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    return result
 
 
 

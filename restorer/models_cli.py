@@ -6,7 +6,7 @@
     restorer-cli models add FILE [--id ID]
     restorer-cli models verify [ID]
     restorer-cli models remove ID
-    restorer-cli models export ID [--tile N] [--fp16] [--force]
+    restorer-cli models export ID [--tile N] [--fp16] [--force]   (a pipeline: its installed parts)
 
 Errors are one line `restorer-cli: ...` with exit code 2. torch is imported only by the
 commands that need it (add/verify of .pth files, export).
@@ -246,14 +246,26 @@ def cmd_remove(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from restorer.export import export_model
+    from restorer.export import export_model, export_parts
 
     spec = _spec(args.id)
     precision = "fp16" if args.fp16 else "fp32"
-    path, result = export_model(spec, tile=args.tile, precision=precision, force=args.force,
-                                progress=lambda message: print(f"{PROG}: {message}", file=sys.stderr))
-    print(f"exported {spec.id} ({precision}): {path} (max abs diff vs PyTorch {result.max_abs_diff:.2e}, "
-          f"tolerance {result.tolerance:g})")
+    specs = [spec]
+    if spec.is_pipeline:  # a pipeline is exported as its parts: those that are here
+        parts = [p for p in map(_spec, spec.needs) if p.files]
+        specs = [p for p in parts if store.is_installed(p) or precision in store.exported_precisions(p)]
+        skipped = [p.id for p in parts if p.id not in {s.id for s in specs}]
+        if skipped:
+            print(f"{PROG}: skipping {', '.join(skipped)} (not installed)", file=sys.stderr)
+        if not specs:
+            return fail(f"none of the parts of '{spec.id}' is installed: restorer-cli models download {spec.id}")
+    for one in specs:
+        path, result = export_model(one, tile=args.tile, precision=precision, force=args.force,
+                                    progress=lambda message: print(f"{PROG}: {message}", file=sys.stderr))
+        parts = export_parts(one)
+        where = ", ".join(str(store.onnx_path(one, precision, part)) for part in parts) if parts else path
+        print(f"exported {one.id} ({precision}): {where} (max abs diff vs PyTorch {result.max_abs_diff:.2e}, "
+              f"tolerance {result.tolerance:g})")
     return 0
 
 

@@ -7,6 +7,7 @@ Layout under the store's home (platformdirs' user data dir; RESTORER_HOME overri
     models/<id>/installed.json       sha256, size and origin of each file, written on install
     onnx/<id>.<precision>.onnx       exported networks (dynamic height and width)
     onnx/<id>.<precision>.json       how the export was made and its parity with PyTorch
+    onnx/<id>.<part>.<precision>.*   a sub-graph a pipeline runs on its own (a VAE's encoder)
     downloads/                       interrupted transfers (`.part`), resumed on the next try
 
 Downloads come from the catalog's URL, or from a mirror: `download(..., base_url=...)` or the
@@ -67,8 +68,22 @@ def weight_paths(spec: ModelSpec) -> list[Path]:
     return [model_dir(spec) / f.name for f in spec.files]
 
 
-def onnx_path(spec: ModelSpec, precision: str = "fp32") -> Path:
-    return home() / "onnx" / f"{spec.id}.{precision}.onnx"
+def onnx_path(spec: ModelSpec, precision: str = "fp32", part: str | None = None) -> Path:
+    """The exported network, or with `part` one of its sub-graphs exported on its own
+    (the family's EXPORT_PARTS, e.g. the old-photo VAE's encoder and decoder)."""
+    name = f"{spec.id}.{part}.{precision}" if part else f"{spec.id}.{precision}"
+    return home() / "onnx" / f"{name}.onnx"
+
+
+def exported_parts(spec: ModelSpec, precision: str = "fp32") -> list[str]:
+    """The sub-graphs of `spec` exported on their own at `precision`."""
+    folder = home() / "onnx"
+    if not folder.is_dir():
+        return []
+    prefix, suffix = f"{spec.id}.", f".{precision}.onnx"
+    names = [p.name for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(suffix)]
+    parts = [n[len(prefix):-len(suffix)] for n in names]
+    return sorted(part for part in parts if re.fullmatch(r"[a-z_][a-z0-9_]*", part))
 
 
 def is_installed(spec: ModelSpec) -> bool:
@@ -110,12 +125,12 @@ def is_ready(spec: ModelSpec) -> bool:
     everything it needs (a text encoder, a pipeline's parts)."""
     from restorer.catalog import load_catalog
 
-    own = spec.is_pipeline or onnx_path(spec).is_file() or is_installed(spec)
+    own = spec.is_pipeline or onnx_path(spec).is_file() or bool(exported_parts(spec)) or is_installed(spec)
     return own and all(is_ready(load_catalog().get(n)) for n in spec.needs)
 
 
 def exported_precisions(spec: ModelSpec) -> list[str]:
-    return [p for p in ("fp32", "fp16") if onnx_path(spec, p).is_file()]
+    return [p for p in ("fp32", "fp16") if onnx_path(spec, p).is_file() or exported_parts(spec, p)]
 
 
 def weights_file(spec: ModelSpec) -> FileSpec | None:
@@ -791,10 +806,12 @@ def remove(spec: ModelSpec) -> list[Path]:
         shutil.rmtree(folder)
         removed.append(folder)
     for precision in ("fp32", "fp16"):
-        for p in (onnx_path(spec, precision), onnx_path(spec, precision).with_suffix(".json")):
-            if p.exists():
-                p.unlink()
-                removed.append(p)
+        for part in [None, *exported_parts(spec, precision)]:
+            path = onnx_path(spec, precision, part)
+            for p in (path, path.with_suffix(".json")):
+                if p.exists():
+                    p.unlink()
+                    removed.append(p)
     return removed
 
 

@@ -2,7 +2,7 @@
 
 Two VAEs with the same shapes are released: VAE_A (old photos; only its encoder runs at
 test time) and VAE_B (clean photos; only its decoder runs). The pipeline therefore needs
-the two halves as separate graphs: export `vae.encoder` and `vae.decoder` (plain
+the two halves as separate graphs: `EXPORT_PARTS` names them for restorer.export (plain
 nn.Sequential modules taking one NCHW tensor), or call `encode` / `decode`.
 
 With the released options (ngf 64, mc 64, k_size 4, n_downsample_global 3, start_r 1,
@@ -110,3 +110,26 @@ class GlobalVAE(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(image))
+
+
+# The sub-graphs restorer.export writes on their own (onnx/<id>.<part>.<precision>.onnx):
+# the pipeline runs VAE_A's encoder and VAE_B's decoder, never a whole VAE.
+EXPORT_PARTS = {"OldPhotoVAE": ("encoder", "decoder")}
+
+
+def example_inputs(hparams: dict, tile: int, part: str | None = None) -> dict[str, torch.Tensor]:
+    """Inputs to export and check a VAE (or its `part`) with (restorer.export): an RGB
+    image in [-1, 1], `tile` pixels square (rounded to the latent's stride), or for the
+    decoder a latent of the encoder's shape for that image."""
+    import inspect
+
+    o = {**{k: v.default for k, v in inspect.signature(GlobalVAE).parameters.items()}, **hparams}
+    steps = o["start_r"] + max(0, o["n_downsample_global"] - 1 - o["start_r"]) + (o["spatio_size"] == 32)
+    stride = 2**steps
+    side = max(stride, tile - tile % stride)
+    generator = torch.Generator().manual_seed(0)
+    if part == "decoder":
+        channels = o["feat_dim"] if o["feat_dim"] > 0 else min(o["ngf"] * 2 ** o["n_downsample_global"], o["mc"])
+        return {"input": torch.randn(1, channels, side // stride, side // stride, generator=generator)}
+    image = torch.rand(1, o["input_nc"], side, side, generator=generator) * 2 - 1
+    return {"input" if part == "encoder" else "image": image}
