@@ -319,11 +319,16 @@ PARTS = {
 
 
 class _Parts:
-    """The pipeline's networks, loaded on first use, as NCHW numpy callables."""
+    """The pipeline's networks, loaded on first use, as NCHW numpy callables: a part's (or
+    its sub-graph's) ONNX export when `restorer-cli models export oldphoto` made one, else
+    eager PyTorch on its weights."""
 
     def __init__(self, device: str):
         self.device = device
         self._modules = {}
+        self._nets = {}
+        self.ran: dict[str, str] = {}  # backend -> provider, of every network that ran
+        self.notes: list[str] = []
 
     def module(self, key: str):
         if key not in self._modules:
@@ -334,18 +339,40 @@ class _Parts:
         return self._modules[key]
 
     def net(self, key: str, part: str | None = None) -> Net:
+        if (key, part) in self._nets:
+            return self._nets[key, part]
+        from restorer import store
+        from restorer.catalog import load_catalog
         from restorer.runtime.base import RunnerInfo
-        from restorer.runtime.torch import TorchRunner
 
-        module = self.module(key)
-        module = getattr(module, part) if part else module
-        runner = TorchRunner(module, RunnerInfo(PARTS[key], "torch", ""), device=self.device)
+        spec = load_catalog().get(PARTS[key])
+        path = store.onnx_path(spec, "fp32", part)
+        if path.is_file():
+            from restorer.runtime.onnx import OnnxRunner
+
+            # identity value ranges: the stages feed [-1, 1] images and latents themselves
+            runner = OnnxRunner(path, RunnerInfo(spec.id, "", ""), device=self.device)
+        else:
+            from restorer.runtime.torch import TorchRunner
+
+            module = self.module(key)
+            module = getattr(module, part) if part else module
+            runner = TorchRunner(module, RunnerInfo(spec.id, "torch", ""), device=self.device)
+        self.ran[runner.info.backend] = runner.info.provider
+        self.notes += [n for n in runner.info.notes if n not in self.notes]
 
         def call(x, mask=None):
             return runner(x) if mask is None else runner(x, mask=mask)
 
         call.provider = runner.info.provider
+        self._nets[key, part] = call
         return call
+
+    def describe(self, report) -> None:
+        """What ran, for the report: 'onnx', 'torch' or 'onnx+torch', and their providers."""
+        report.runner = "+".join(sorted(self.ran))
+        report.provider = "+".join(self.ran[b] for b in sorted(self.ran))
+        report.notes += [n for n in self.notes if n not in report.notes]
 
 
 def run(step, image, ctx, report):
@@ -388,13 +415,11 @@ def run(step, image, ctx, report):
         return image.with_pixels(_like_input(out, src))
 
     parts = _Parts(ctx.options.device)
-    report.runner = "torch"
     mask = None
     work = img
     if scratches != "no":
         t = time.perf_counter()
         detector = parts.net("detector")
-        report.provider = detector.provider
         found = detect_scratches(img, detector)
         stage("scratch-detection", PARTS["detector"], t, share=round(float(found.mean()), 5))
         ctx.stage_images["scratch-mask"] = found.astype(np.float32)[:, :, None]
@@ -414,6 +439,7 @@ def run(step, image, ctx, report):
     if opts.get("faces", True):
         original = resize(img, restored.shape[0], restored.shape[1], cv2.INTER_CUBIC)
         restored = _faces(restored, original, parts, hr, ctx, report, stage)
+    parts.describe(report)
     return image.with_pixels(_like_input(resize(restored, height, width, cv2.INTER_CUBIC), src))
 
 
