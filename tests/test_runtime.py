@@ -124,3 +124,15 @@ def test_pre_upscale_feeds_the_network_a_bicubic_upscale():
     out = run_tiled(img, runner, tile=64)
     expected = cv2.resize(img, (90, 60), interpolation=cv2.INTER_CUBIC)
     assert out.shape == (60, 90, 3) and np.abs(out - expected).max() < 1e-5
+
+
+def test_a_network_that_returns_nan_fails_clearly():
+    """An overflow (fp16 on some GPUs) must not become black patches in a saved photo."""
+
+    class Overflow(torch.nn.Module):
+        def forward(self, image):
+            return image * float("inf") * 0.0  # NaN everywhere
+
+    runner = TorchRunner(Overflow(), RunnerInfo("t-nan", "", ""), device="cpu")
+    with pytest.raises(FloatingPointError, match="t-nan produced NaN"):
+        run_tiled(np.ones((20, 20, 3), np.float32), runner, tile=64)

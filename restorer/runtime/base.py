@@ -86,6 +86,9 @@ class NetworkRunner:
         x = batch if (lo, hi) == (0.0, 1.0) else batch * (hi - lo) + lo
         inputs = {**self.fixed_inputs, **extra}
         y = self.forward(np.ascontiguousarray(x, dtype=np.float32), inputs)
+        if not np.isfinite(y).all():  # e.g. an fp16 overflow: never write black patches silently
+            raise FloatingPointError(f"{self.info.model} produced NaN or infinite values on {self.info.provider} "
+                                     "(try --device cpu, or an fp32 export)")
         lo, hi = self.output_range
         return y if (lo, hi) == (0.0, 1.0) else (y - lo) / (hi - lo)
 

@@ -31,10 +31,19 @@ class SpectralConv2d(nn.Module):
     def __init__(self, cin: int, cout: int, kernel_size: int, padding: int = 0, bias: bool = True):
         super().__init__()
         self.padding = padding
-        self.weight_orig = nn.Parameter(torch.empty(cout, cin, kernel_size, kernel_size))
+        weight = torch.empty(cout, cin, kernel_size, kernel_size)
+        nn.init.kaiming_uniform_(weight, a=5 ** 0.5)  # nn.Conv2d's default
+        self.weight_orig = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
-        self.register_buffer("weight_u", torch.empty(cout))
-        self.register_buffer("weight_v", torch.empty(cin * kernel_size * kernel_size))
+        # A fresh module is usable too (checkpoints overwrite all three): u, v from a few
+        # power iterations, so sigma starts at the weight's largest singular value.
+        matrix = weight.reshape(cout, -1)
+        u = F.normalize(torch.randn(cout), dim=0)
+        for _ in range(3):
+            v = F.normalize(matrix.t() @ u, dim=0)
+            u = F.normalize(matrix @ v, dim=0)
+        self.register_buffer("weight_u", u)
+        self.register_buffer("weight_v", v)
         self._register_load_state_dict_pre_hook(self._from_old_layout)
 
     @staticmethod
