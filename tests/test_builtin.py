@@ -20,7 +20,6 @@ from restorer.runtime.builtin import (
     BUILTIN_TASKS,
     DarkChannelDehazer,
     IlluminationMapEnhancer,
-    LanczosUpscaler,
     MaskInpainter,
     NonLocalMeansDenoiser,
     builtin_runner,

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image, ImageCms
 
 REPO = Path(__file__).resolve().parents[1]

@@ -56,7 +56,6 @@ def test_nonsense_instruction_lists_what_is_understood(tmp_path):
 
 def _register_tiny_instructir(home: Path) -> None:
     import torch
-    from safetensors.numpy import save_file
 
     from tests.test_arch_instructir import TINY_HEAD, TINY_IMAGE
     from tests.test_text_encoder import TINY_BERT, build_tokenizer_json, random_hf_state_dict

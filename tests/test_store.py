@@ -11,7 +11,6 @@ import pickle
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from restorer import store

@@ -23,7 +23,6 @@ engine reflect-pads to the catalog's pad_multiple and crops back, as the officia
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # Mean RGB of DIV2K used by the official training code (a constant, not a checkpoint tensor).
