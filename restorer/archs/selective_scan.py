@@ -15,11 +15,21 @@ work); across chunks a short recurrence carries the state (a Python loop when ea
 ONNX Scan node when exported, so the graph does not grow with the sequence length).
 
 Numerics: with delta >= 0 and A <= 0 every per-step decay exp(delta * A) lies in (0, 1].
-The prefix only ever multiplies such decays together, i.e. it forms exp(S_t - S_s) with S
-the cumulative log-decay and S_t - S_s <= 0; it never forms exp(+S) or divides by a decay,
-so strongly decaying channels underflow harmlessly to 0 instead of overflowing, and
-near-zero decays stay at 1. The carried state enters a chunk through its first step,
-scaled by that step's decay, exactly as in the recurrence.
+Decays are carried as e = decay - 1 in [-1, 0] (an expm1 of the log-decay delta * A), never as
+the decay itself: float32 has nothing between 1 - 2^-24 and 1 (exp(-2e-8) rounds to 1), and
+multiplying the rounded decays of thousands of steps together made the float32 result drift
+from the truth by up to ~L * 2^-24 of the state where decays are near 1 (by how much depended
+on how the CPU's exp rounded). Two steps combine as (1 + e1)(1 + e2) = 1 + (e2 + e1 e2
++ e1), computed on the e's, so a combined decay stays accurate relative to its distance from 1;
+a decayed state plus an addend, (1 + e) x + y, is computed as x + (y + e * x): the small
+decay term joins the smaller addend first instead of being rounded away against x. Nothing
+forms exp(+S) or divides by a decay, so strongly decaying channels underflow harmlessly
+(e -> -1, decay -> 0) instead of overflowing, and a zero log-decay stays exactly 1 (e = 0).
+The carried state enters a chunk through its first step, scaled by that step's decay, exactly
+as in the recurrence. In float32 the carried state is rounded once per reduction level and
+chunk, (L / chunk)(1 + log2(chunk)) times, instead of 3 times per step in the plain
+recurrence, and no rounding repeats the same way at every step (the error bound:
+float32_bound in tests/test_arch_mambair.py).
 """
 
 from __future__ import annotations
@@ -48,23 +58,44 @@ def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
     return delta, B, C
 
 
-def _prefix_states(decay: torch.Tensor, inp: torch.Tensor, length: int) -> torch.Tensor:
-    """All states of h_t = decay_t * h_{t-1} + inp_t (h_{-1} = 0) along dim 0.
+def _expm1(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) - 1 for x <= 0, accurate relative to its own size, also near 0 where exp(x) - 1
+    loses every digit. Eager: torch.expm1. Under export, from Exp, Mul and Add only: ONNX has
+    no Expm1 and torch.onnx writes torch.expm1 as Exp - 1, which would lose the small decays
+    in ONNX Runtime. There x = s + r with s = max(x, -1/8) and r = x - s <= 0, and
+    expm1(x) = expm1(s) exp(r) + (exp(r) - 1), with expm1(s) a degree-5 Taylor polynomial
+    (truncation below |s|^5 / 720 <= 0.7 * 2^-24 relative); r = 0 (exp(r) = 1 exactly) unless
+    x < -1/8, where |expm1(x)| > 0.117 and exp(r) - 1 is accurate. Within ~6 units of
+    float32 roundoff of expm1 (2 for torch.expm1)."""
+    if not _exporting():
+        return torch.expm1(x)
+    s = x.clamp(min=-0.125)
+    decay_r = torch.exp(x - s)
+    poly = s * (1 + s * (1 / 2 + s * (1 / 6 + s * (1 / 24 + s * (1 / 120)))))
+    return torch.addcmul(decay_r - 1, poly, decay_r)
+
+
+def _prefix_states(e: torch.Tensor, inp: torch.Tensor, length: int) -> torch.Tensor:
+    """All states of h_t = (1 + e_t) h_{t-1} + inp_t (h_{-1} = 0) along dim 0; e_t in [-1, 0].
 
     Odd/even reduction: pair neighbours (t = 2i, 2i+1) into one step of half the length,
     solve that recursively for the odd positions, then fill in the even ones. The length
-    must be a power of two; the recursion unrolls to log2(length) levels.
+    must be a power of two; the recursion unrolls to log2(length) levels. (The in-place adds
+    only touch tensors made on the line before.)
     """
     if length == 1:
         return inp
-    d2 = decay.unflatten(0, (length // 2, 2))
+    e2 = e.unflatten(0, (length // 2, 2))
     x2 = inp.unflatten(0, (length // 2, 2))
-    d_even, d_odd = d2[:, 0], d2[:, 1]
+    e_even, e_odd = e2[:, 0], e2[:, 1]
     x_even, x_odd = x2[:, 0], x2[:, 1]
-    # Two steps in one: h_{2i+1} = (d_odd d_even) h_{2i-1} + (d_odd x_even + x_odd).
-    h_odd = _prefix_states(d_odd * d_even, torch.addcmul(x_odd, d_odd, x_even), length // 2)
-    # h_{2i} = d_even h_{2i-1} + x_even, and h_0 = x_0.
-    h_even = torch.cat([x_even[:1], torch.addcmul(x_even[1:], d_even[1:], h_odd[:-1])], 0)
+    # Two steps in one: h_{2i+1} = (1 + e') h_{2i-1} + x' with e' = e_even + e_odd e_even + e_odd
+    # and x' = x_even + (x_odd + e_odd x_even). (The top level's e' is never used.)
+    e_pair = torch.addcmul(e_even, e_odd, e_even).add_(e_odd) if length > 2 else e_odd
+    h_odd = _prefix_states(e_pair, torch.addcmul(x_odd, e_odd, x_even).add_(x_even), length // 2)
+    # h_{2i} = h_{2i-1} + (x_even + e_even h_{2i-1}), and h_0 = x_0.
+    prev = h_odd[:-1]
+    h_even = torch.cat([x_even[:1], torch.addcmul(x_even[1:], e_even[1:], prev).add_(prev)], 0)
     return torch.stack([h_even, h_odd], 1).flatten(0, 1)
 
 
@@ -72,12 +103,13 @@ def _chunk_step(h, dt, x, B, C, A, chunk: int):
     """One chunk. h: [b, g, dg, N] state before the chunk; dt, x (= delta * u): [b, g, dg, T];
     B, C: [b, g, N, T]; A: [g, dg, N]. Returns (state after the chunk, y [b, g, dg, T]).
     No shape arithmetic in here: under export this is the ONNX Scan body."""
-    decay = torch.exp(dt.permute(3, 0, 1, 2).unsqueeze(-1) * A)  # [T, b, g, dg, N], in (0, 1]
+    e = _expm1(dt.permute(3, 0, 1, 2).unsqueeze(-1) * A)  # decay - 1: [T, b, g, dg, N], in [-1, 0]
     inp = x.permute(3, 0, 1, 2).unsqueeze(-1) * B.permute(3, 0, 1, 2).unsqueeze(-2)
-    # The carried state enters through the first step: h_0 = decay_0 h + inp_0.
-    first = torch.addcmul(inp[:1], decay[:1], h.unsqueeze(0))
-    states = _prefix_states(decay, torch.cat([first, inp[1:]], 0), chunk)
-    y = torch.matmul(states, C.permute(3, 0, 1, 2).unsqueeze(-1)).squeeze(-1)  # sum over N
+    # The carried state enters through the first step: h_0 = h + (inp_0 + e_0 h).
+    h = h.unsqueeze(0)
+    first = torch.addcmul(inp[:1], e[:1], h).add_(h)
+    states = _prefix_states(e, torch.cat([first, inp[1:]], 0), chunk)
+    y = torch.einsum("tbgdn,tbgn->tbgd", states, C.permute(3, 0, 1, 2))  # sum over N
     return states[-1].clone(), y.permute(1, 2, 3, 0)
 
 
