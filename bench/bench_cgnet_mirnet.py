@@ -87,7 +87,7 @@ def random_model(key: str):
 def work_export(key: str, path: str) -> dict:
     import torch
 
-    from restorer.export import export_onnx
+    from restorer.convert.graph import export_onnx
 
     torch.set_num_threads(THREADS)
     start = time.perf_counter()
@@ -304,7 +304,7 @@ def tiling_study() -> dict:
 def fp16_study() -> dict:
     import torch
 
-    from restorer.export import export_onnx
+    from restorer.convert.graph import export_onnx
 
     torch.set_num_threads(THREADS)
     report = {}
@@ -336,7 +336,7 @@ def mh_dynamic_study() -> dict:
     import torch
 
     from restorer.archs.cgnet import GCENetMHLocal
-    from restorer.export import export_onnx, run_onnx
+    from restorer.convert.graph import export_onnx, run_onnx
     from tests.manifests import load_safetensors
 
     torch.set_num_threads(THREADS)

@@ -69,7 +69,7 @@ def random_model(key: str):
 def work_export(key: str, path: str, tile: str, threads: str) -> dict:
     import torch
 
-    from restorer.export import export_onnx
+    from restorer.convert.graph import export_onnx
 
     torch.set_num_threads(int(threads))
     model = random_model(key)

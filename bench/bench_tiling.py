@@ -25,7 +25,7 @@ H, W, SCALE, TILE = 3000, 4000, 2, 512
 def build_model(path: Path) -> None:
     import torch
 
-    from restorer.export import export_onnx
+    from restorer.convert.graph import export_onnx
 
     class Net(torch.nn.Module):
         def __init__(self, body):
@@ -46,9 +46,9 @@ def build_model(path: Path) -> None:
 
 
 def run_case(case: str, model: Path) -> dict:
-    from restorer.runtime.base import RunnerInfo
-    from restorer.runtime.onnx import OnnxRunner
-    from restorer.tiles import run_runner, run_tiled
+    from restorer.run.runner import RunnerInfo
+    from restorer.run.onnx import OnnxRunner
+    from restorer.run.tiles import run_runner, run_tiled
 
     img = np.random.default_rng(0).random((H, W, 3), dtype=np.float32)
     runner = OnnxRunner(model, RunnerInfo("bench", "", ""), device="cpu", scale=SCALE, overlap=8)

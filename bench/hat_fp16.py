@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from restorer.archs.hat import HAT
-from restorer.export import export_onnx
+from restorer.convert.graph import export_onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.manifests
 from tests.manifests import FIXTURES, load_manifest, load_safetensors  # noqa: E402

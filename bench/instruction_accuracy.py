@@ -1,4 +1,4 @@
-"""Accuracy of restorer.instructions on labelled instruction sets, for the README.
+"""Accuracy of restorer.plan.instructions on labelled instruction sets, for the README.
 
     python bench/instruction_accuracy.py [FILE.json ...]
 
@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from restorer.instructions import accuracy
+from restorer.plan.instructions import accuracy
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "instructions"
 

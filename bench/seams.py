@@ -3,7 +3,7 @@ whole-image result the tiling engine lands, and whether the difference shows a s
 
 For each tiny model (HAT x2, CGNet, MIRNet v1, MambaIR v1 x2 and v2 x2 when their arch
 imports and reproduces its golden output), a real photo crop is run whole and through
-restorer.tiles.run_tiled at several overlaps; the measures are those of
+restorer.run.tiles.run_tiled at several overlaps; the measures are those of
 tests/seam_helpers.py (max/mean |tiled - whole|, also relative to the output's range, and
 the seam step: the excess |gradient| of the difference image at the blend ramps).
 Prints a markdown table (paste into docs/seams.md).
@@ -83,7 +83,7 @@ def golden_error(model, net, x: np.ndarray, golden: np.ndarray) -> float:
     window multiple and cropped, as the official test does."""
     import torch
 
-    from restorer.tiles import run_runner
+    from restorer.run.tiles import run_runner
     from tests.seam_helpers import make_runner
 
     try:

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from restorer import __version__
-from restorer.catalog import TASKS
+from restorer.tasks import TASKS
 
 PROG = "restorer-cli"
 
@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
-    from restorer import batch, engine
+    from restorer.batch import files
+    from restorer.batch.loop import Output, run_batch
+    from restorer.plan.request import Options, RequestError, plan_request
 
     if not args.inputs:
         return fail("no input given; usage: restorer-cli INPUT... -o OUTDIR --task T (see --help)")
@@ -118,16 +120,16 @@ def run(args) -> int:
     if args.output is None and not args.dry_run:
         return fail("no output folder: add -o OUTDIR")
 
-    options = engine.Options(device=args.device, tile=args.tile, scale=args.scale, strength=args.strength,
-                             extra=pipeline_options(args))
+    options = Options(device=args.device, tile=args.tile, scale=args.scale, strength=args.strength,
+                      extra=pipeline_options(args))
     try:
-        steps = plan_steps(args, options)
-    except engine.RequestError as e:
+        plan = plan_request(options, task=args.task, model=args.model, instruction=args.instruction)
+    except RequestError as e:
         return fail(str(e))
 
     outdir = args.output or Path(".")
-    items = batch.discover(args.inputs, outdir, recursive=args.recursive, fmt=args.format, suffix=args.suffix)
-    batch.prepare(items, overwrite=args.overwrite)
+    items = files.discover(args.inputs, outdir, recursive=args.recursive, fmt=args.format, suffix=args.suffix)
+    files.prepare(items, overwrite=args.overwrite)
 
     if args.dry_run:
         for item in items:
@@ -135,42 +137,43 @@ def run(args) -> int:
                 item.status = "would-restore"
             elif item.status == "skipped":
                 item.status = "would-skip"
-        return report(args, steps, items)
+        return report(args, plan, items)
 
     if not args.json:
-        for step in steps:
+        for step in plan.steps:
             print(f"{PROG}: {step.task}: {step.model} ({step.why or step.backend})", file=sys.stderr)
-    batch.clean_stale_temporaries(items)
-    todo = [i for i in items if i.status == "pending"]
     show = not args.quiet and sys.stderr.isatty()
-    files_bar = _bar(len(todo), "files", show)
-    cancel = threading.Event()
-    for item in todo:
-        tiles_bar = _bar(None, item.input.name, show, leave=False)
+    files_bar = _bar(sum(1 for i in items if i.status == "pending"), "files", show)
+    tiles_bar = None
 
-        def progress(done, total, bar=tiles_bar):
-            if bar is not None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
-
-        ctx = engine.Context(options, progress=progress, cancel=cancel,
-                             on_note=lambda m: logging.getLogger("restorer").warning(m))
-        batch.process(item, steps, ctx, fmt=args.format, quality=args.quality, max_pixels=_max_pixels(args),
-                      save_intermediates=args.save_intermediates)
+    def on_item(index, item):
+        nonlocal tiles_bar
+        if item.status == "running":
+            tiles_bar = _bar(None, item.input.name, show, leave=False)
+            return
         if tiles_bar is not None:
             tiles_bar.close()
         if files_bar is not None:
             files_bar.update(1)
         if item.status == "failed" and not args.json:
             print(f"{PROG}: {item.error}", file=sys.stderr)
+
+    def on_tiles(index, done, total):
+        if tiles_bar is not None:
+            tiles_bar.total = total
+            tiles_bar.n = done
+            tiles_bar.refresh()
+
+    output = Output(args.format, args.quality, _max_pixels(args), args.save_intermediates)
+    run_batch(items, plan, output, cancel=threading.Event(), on_item=on_item, on_tiles=on_tiles,
+              on_note=lambda m: logging.getLogger("restorer").warning(m))
     if files_bar is not None:
         files_bar.close()
-    return report(args, steps, items)
+    return report(args, plan, items)
 
 
 def _max_pixels(args) -> int | None:
-    from restorer.imaging import DEFAULT_MAX_PIXELS
+    from restorer.io.imaging import DEFAULT_MAX_PIXELS
 
     return args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS
 
@@ -200,24 +203,14 @@ def pipeline_options(args) -> dict:
     return extra
 
 
-def plan_steps(args, options):
-    from restorer import engine
-
-    if args.model:
-        return [engine.resolve_model(args.model, options)]
-    if args.task:
-        return [engine.resolve_task(args.task, options)]
-    return engine.resolve_instruction(args.instruction, options)
-
-
-def report(args, steps, items) -> int:
+def report(args, plan, items) -> int:
     failed = [i for i in items if i.status == "failed"]
     succeeded = [i for i in items if i.status in ("done", "skipped", "would-restore", "would-skip")]
     if args.json:
         counts = {}
         for i in items:
             counts[i.status] = counts.get(i.status, 0) + 1
-        print(json.dumps({"plan": [s.plan_entry() for s in steps], "files": [i.as_dict() for i in items],
+        print(json.dumps({"plan": plan.entries(), "files": [i.as_dict() for i in items],
                           "summary": counts}, indent=2))
     elif not args.dry_run:
         done = sum(1 for i in items if i.status == "done")
@@ -228,7 +221,7 @@ def report(args, steps, items) -> int:
             for i in failed:
                 print(f"  {i.input}: {i.error}", file=sys.stderr)
     else:
-        for step in steps:
+        for step in plan.steps:
             print(f"plan: {step.task} -> {step.model} [{step.backend}] {step.options or ''}")
         for i in items:
             print(f"{i.status}: {i.input} -> {i.output}")

@@ -19,8 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-from restorer import store
-from restorer.catalog import TASKS, ModelSpec, human_size
+from restorer.tasks import TASKS
+from restorer.zoo import download as download_mod
+from restorer.zoo import layout
+from restorer.zoo.catalog import ModelSpec, human_size
 
 PROG = "restorer-cli"
 
@@ -70,12 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What a command reports as one line: store and catalog errors, and export errors
-    (restorer.export imports torch, so it is only consulted once a command loaded it)."""
-    from restorer.store import StoreError
+    (restorer.convert.export imports torch, so it is only consulted once a command loaded it)."""
+    from restorer.zoo.layout import StoreError
 
     errors = [StoreError, KeyError]
-    if "restorer.export" in sys.modules:
-        errors.append(sys.modules["restorer.export"].ExportError)
+    if "restorer.convert.export" in sys.modules:
+        errors.append(sys.modules["restorer.convert.export"].ExportError)
     return tuple(errors)
 
 
@@ -85,7 +87,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _catalog():
-    from restorer import catalog
+    from restorer.zoo import catalog
 
     return catalog.load_catalog()
 
@@ -99,7 +101,7 @@ def licence_of(spec: ModelSpec) -> str:
 
 
 def row_of(spec: ModelSpec) -> dict:
-    state = store.state(spec)
+    state = layout.state(spec)
     return {
         "id": spec.id, "title": spec.title, "family": spec.family, "tasks": list(spec.tasks), "arch": spec.arch,
         "scale": spec.output_scale, "size": spec.size, "licence": spec.licence, "non_commercial": spec.non_commercial,
@@ -137,8 +139,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from restorer import store
-
+    from restorer.zoo import layout
     spec = _spec(args.id)
     info = row_of(spec)
     info.update({
@@ -146,10 +147,10 @@ def cmd_info(args) -> int:
         "tile": spec.tile, "precisions": list(spec.precisions), "needs": list(spec.needs),
         "files": [{"name": f.name, "url": f.url, "sha256": f.sha256, "size": f.size, "browser": f.browser,
                    **({"member": f.member} if f.member else {})} for f in spec.files],
-        "store": str(store.model_dir(spec)), "exports": store.exported_precisions(spec),
+        "store": str(layout.model_dir(spec)), "exports": layout.exported_precisions(spec),
     })
     if not info["installed"] and not spec.builtin:
-        from restorer.engine import install_hint
+        from restorer.zoo.catalog import install_hint
 
         info["install"] = install_hint(spec)
     if args.json:
@@ -169,8 +170,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from restorer import store
-
     spec = _spec(args.id)
     show = sys.stderr.isatty()
     bar = None
@@ -188,7 +187,7 @@ def cmd_download(args) -> int:
         bar.refresh()
 
     try:
-        installed = store.download(spec, progress=progress, base_url=args.mirror)
+        installed = download_mod.download(spec, progress=progress, base_url=args.mirror)
     finally:
         if bar is not None:
             bar.close()
@@ -200,9 +199,8 @@ def cmd_download(args) -> int:
 
 
 def cmd_add(args) -> int:
-    from restorer import store
-
-    result = store.add(args.file, args.model_id)
+    from restorer.zoo import install
+    result = install.add(args.file, args.model_id)
     for model_id, path in result.installed:
         print(f"installed {model_id}: {path}")
     for why in result.unmatched:
@@ -211,18 +209,17 @@ def cmd_add(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from restorer import store
-
+    from restorer.zoo import install, layout
     if args.id:
         specs = [_spec(args.id)]
     else:
-        specs = [s for s in _catalog() if not s.builtin and store.is_installed(s)]
+        specs = [s for s in _catalog() if not s.builtin and layout.is_installed(s)]
         if not specs:
             print("no models installed")
             return 0
     bad = 0
     for spec in specs:
-        problems = store.verify(spec)
+        problems = install.verify(spec)
         if problems:
             bad += 1
             for p in problems:
@@ -235,10 +232,9 @@ def cmd_verify(args) -> int:
 
 
 def cmd_remove(args) -> int:
-    from restorer import store
-
+    from restorer.zoo import install
     spec = _spec(args.id)
-    removed = store.remove(spec)
+    removed = install.remove(spec)
     if not removed:
         return fail(f"model '{spec.id}' is not installed")
     print(f"removed {spec.id} ({len(removed)} item(s))")
@@ -246,14 +242,14 @@ def cmd_remove(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from restorer.export import export_model, export_parts
+    from restorer.convert.export import export_model, export_parts
 
     spec = _spec(args.id)
     precision = "fp16" if args.fp16 else "fp32"
     specs = [spec]
     if spec.is_pipeline:  # a pipeline is exported as its parts: those that are here
         parts = [p for p in map(_spec, spec.needs) if p.files]
-        specs = [p for p in parts if store.is_installed(p) or precision in store.exported_precisions(p)]
+        specs = [p for p in parts if layout.is_installed(p) or precision in layout.exported_precisions(p)]
         skipped = [p.id for p in parts if p.id not in {s.id for s in specs}]
         if skipped:
             print(f"{PROG}: skipping {', '.join(skipped)} (not installed)", file=sys.stderr)
@@ -263,7 +259,7 @@ def cmd_export(args) -> int:
         path, result = export_model(one, tile=args.tile, precision=precision, force=args.force,
                                     progress=lambda message: print(f"{PROG}: {message}", file=sys.stderr))
         parts = export_parts(one)
-        where = ", ".join(str(store.onnx_path(one, precision, part)) for part in parts) if parts else path
+        where = ", ".join(str(layout.onnx_path(one, precision, part)) for part in parts) if parts else path
         print(f"exported {one.id} ({precision}): {where} (max abs diff vs PyTorch {result.max_abs_diff:.2e}, "
               f"tolerance {result.tolerance:g})")
     return 0

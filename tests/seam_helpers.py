@@ -32,13 +32,13 @@ class TinyModel:
     arch: str
     pad_multiple: int
     tile: int  # the tile the studies use (input pixels)
-    tile_multiple: int = 1  # as the catalog's tile_multiple / min_size set them (store.runner)
-    min_tile: int = 0
+    tile_multiple: int = 1  # as restorer.archs.ARCHS declares them for the family
+    min_size: int = 1
 
 
 TINY = {
     "hat_x2": TinyModel("hat_x2", "hat/tiny/hat_tiny_x2", "HAT", 4, 64),
-    "cgnet": TinyModel("cgnet", "cgnet/cgnet_tiny", "CascadedGaze", 1, 272, tile_multiple=16, min_tile=64),
+    "cgnet": TinyModel("cgnet", "cgnet/cgnet_tiny", "CascadedGaze", 1, 272, tile_multiple=16, min_size=64),
     "mirnet_v1": TinyModel("mirnet_v1", "mirnet/mirnet_v1_tiny", "MIRNet", 4, 64),
     "mambair_x2": TinyModel("mambair_x2", "mambair/mambair_tiny_sr_x2", "MambaIR", 1, 40),
     "mambairv2_x2": TinyModel("mambairv2_x2", "mambair/mambairv2_tiny_sr_x2", "MambaIRv2", 4, 64),
@@ -68,13 +68,13 @@ def load(model: TinyModel, base: Path):
 
 
 def make_runner(model: TinyModel, net, scale: int, overlap: int):
-    from restorer.runtime.base import RunnerInfo
-    from restorer.runtime.torch import TorchRunner
+    from restorer.archs.requirements import Requirements
+    from restorer.run.runner import RunnerInfo
+    from restorer.run.torch import TorchRunner
 
-    run = TorchRunner(net, RunnerInfo(f"tiny:{model.key}", "", ""), device="cpu", scale=scale,
-                      pad_multiple=model.pad_multiple, overlap=overlap)
-    run.tile_multiple, run.min_tile = model.tile_multiple, model.min_tile  # as store.runner sets them
-    return run
+    needs = Requirements(scale=scale, pad_multiple=model.pad_multiple, overlap=overlap,
+                         tile_multiple=model.tile_multiple, min_size=model.min_size)
+    return TorchRunner(net, RunnerInfo(f"tiny:{model.key}", "", ""), needs, device="cpu")
 
 
 def sample_image(height: int, width: int, name: str = "kodim05_crop256.png", resize_width: int | None = None) -> np.ndarray:
@@ -107,7 +107,7 @@ class TileRecorder:
 def blend_zones(length: int, tile: int, overlap: int, scale: int) -> np.ndarray:
     """Boolean mask over the `length*scale - 1` gaps between output pixels along one axis:
     True where a tile's weight ramps (rise or fall), one pixel either side included."""
-    from restorer.tiles import axis_starts
+    from restorer.run.tiles import axis_starts
 
     ramp = max(overlap, 1)
     mask = np.zeros(length * scale - 1, bool)
@@ -148,7 +148,7 @@ def compare(whole: np.ndarray, tiled: np.ndarray, tile: int, overlap: int, scale
 
 def study(model: TinyModel, net, scale: int, image: np.ndarray, overlap: int) -> dict:
     """Whole vs tiled at one overlap; the tile the engine really used is recorded."""
-    from restorer.tiles import run_runner, run_tiled
+    from restorer.run.tiles import run_runner, run_tiled
 
     runner = make_runner(model, net, scale, overlap)
     whole = run_runner(runner, image)

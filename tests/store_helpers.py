@@ -9,7 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from restorer import catalog as catalog_module
+from restorer.zoo import catalog as catalog_module
 from tests.manifests import FIXTURES, load_manifest
 
 HAT_TINY = FIXTURES / "hat" / "tiny"
@@ -95,12 +95,9 @@ def tiny_hat_entry(model_id: str, tiny: str = "hat_tiny_x2", files: list[dict] |
 
 
 def use_catalog(monkeypatch, text: str):
-    """Make `text` the catalog everything loads (store, engine, CLI)."""
-    from restorer import engine
-
+    """Make `text` the catalog everything loads (store, planner, CLI)."""
     cat = catalog_module.parse(text)
-    monkeypatch.setattr(catalog_module, "load_catalog", lambda: cat)
-    monkeypatch.setattr(engine, "load_catalog", lambda: cat)
+    monkeypatch.setattr(catalog_module, "_PINNED", cat)
     return cat
 
 

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from restorer.archs import build
-from restorer.catalog import parse
+from restorer.zoo.catalog import parse
 from restorer.archs.cgnet import CascadedGaze, GCENetMHLocal, LocalPool
-from restorer.export import export_onnx, run_onnx
-from tests.manifests import FIXTURES, load_manifest, load_safetensors
+from restorer.convert.graph import export_onnx, run_onnx
+from tests.manifests import FIXTURES, assert_loads_strictly, load_manifest, load_safetensors, manifest_fixture
 
 DIR = FIXTURES / "cgnet"
 MANIFESTS = sorted(DIR.glob("*.keys.json"))
@@ -41,15 +40,7 @@ def test_every_manifest_is_here():
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name.removesuffix(".keys.json"))
 def test_manifest_loads_strictly(path):
-    manifest, entries = load_manifest(path)
-    with torch.device("meta"):  # up to 185 M parameters: never materialised
-        model = build(manifest["arch"], manifest["hyperparameters"])
-    expected = {name: tuple(shape) for name, shape, _ in entries}
-    ours = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    assert ours == expected
-    state = {name: torch.empty(shape, dtype=torch.float32, device="meta") for name, shape in expected.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    assert sum(p.numel() for p in model.parameters()) == manifest["params"]
+    assert_loads_strictly(None, path)
 
 
 def test_catalog_entries_follow_the_manifests():
@@ -57,7 +48,7 @@ def test_catalog_entries_follow_the_manifests():
     entries = [spec for spec in catalog if spec.family == "cgnet"]
     assert {spec.manifest for spec in entries} == {f"cgnet/{p.name}" for p in MANIFESTS}
     for spec in entries:
-        manifest, _ = load_manifest(DIR / spec.manifest.removeprefix("cgnet/"))
+        manifest, _ = load_manifest(manifest_fixture(spec.manifest))
         assert spec.arch == manifest["arch"] and spec.hparams == manifest["hyperparameters"]
         assert spec.wrapper_key == manifest["wrapper_key"] and spec.released == manifest["released"]
         assert spec.pad_multiple == 1  # the network zero-pads to 16 itself

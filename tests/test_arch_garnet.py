@@ -8,7 +8,7 @@ import torch
 
 from restorer.archs import arch_class
 from restorer.archs.garnet import GaRNet
-from tests.manifests import FIXTURES, load_manifest, load_safetensors
+from tests.manifests import FIXTURES, assert_loads_strictly, load_manifest, load_safetensors, manifest_fixture
 
 HERE = FIXTURES / "garnet"
 TOL = 1e-4
@@ -28,14 +28,10 @@ def test_registered():
 
 
 def test_released_manifest_loads_strictly():
-    manifest, entries = load_manifest(HERE / "garnet_saved_model.keys.json")
+    manifest, _ = load_manifest(HERE / "garnet_saved_model.keys.json")
     with torch.device("meta"):
         model = GaRNet(in_channels=manifest["hyperparameters"]["in_channels_arg"])
-        released = {name: torch.empty(shape, dtype=torch.float32) for name, shape, _ in entries}
-    ours = model.state_dict()
-    assert {k: list(v.shape) for k, v in ours.items()} == {n: s for n, s, _ in entries}
-    model.load_state_dict(released, strict=True, assign=True)
-    assert sum(p.numel() for p in model.parameters()) == manifest["params"]
+    assert_loads_strictly(model, HERE / "garnet_saved_model.keys.json")
     assert not list(model.buffers())
 
 
@@ -80,7 +76,7 @@ def test_batch_of_two_equals_two_batches_of_one(tiny):
 
 
 def test_onnx_export_matches(tiny, tmp_path):
-    from restorer.export import export_onnx, parity, run_onnx
+    from restorer.convert.graph import export_onnx, parity, run_onnx
 
     model, image, mask = tiny
     inputs = {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask)}
@@ -97,14 +93,10 @@ def test_onnx_export_matches(tiny, tmp_path):
 
 
 def test_catalog_entry_builds_the_released_shapes():
-    from restorer.archs import build
-    from restorer.catalog import load_catalog
+    from restorer.zoo.catalog import load_catalog
 
     spec = load_catalog().get("garnet")
     assert spec.tasks == ("remove-text",) and spec.non_commercial
     assert spec.input_range == (-1.0, 1.0) and spec.pad_multiple == 32
     assert spec.manifest == "garnet/garnet_saved_model.keys.json"
-    _, entries = load_manifest(FIXTURES / spec.manifest)
-    with torch.device("meta"):
-        model = build(spec.arch, spec.hparams)
-    assert {k: list(v.shape) for k, v in model.state_dict().items()} == {n: s for n, s, _ in entries}
+    assert_loads_strictly((spec.arch, spec.hparams), manifest_fixture(spec.manifest))

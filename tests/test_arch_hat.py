@@ -18,16 +18,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from restorer.archs import build
-from restorer.catalog import parse
+from restorer.zoo.catalog import parse
 from restorer.archs.hat import HAT, overlap_position_index, window_position_index
-from restorer.export import export_onnx, run_onnx
-from tests.manifests import FIXTURES, load_manifest, load_safetensors
+from restorer.convert.graph import export_onnx, run_onnx
+from tests.manifests import (
+    FIXTURES,
+    assert_loads_strictly,
+    load_manifest,
+    load_safetensors,
+    manifest_fixture,
+    meta_state_dict,
+)
 
 HAT_FIXTURES = FIXTURES / "hat"
 MANIFESTS = sorted((HAT_FIXTURES / "manifests").glob("*.keys.json"))
 TINY = ["hat_tiny_x2", "hat_tiny_x3", "hat_tiny_x4"]
-DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
 
 def test_every_released_checkpoint_is_covered():
@@ -36,21 +41,14 @@ def test_every_released_checkpoint_is_covered():
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name.removesuffix(".keys.json"))
 def test_released_checkpoint_loads_strictly(path):
-    manifest, entries = load_manifest(path)
-    with torch.device("meta"):
-        model = build("HAT", manifest["hyperparameters"])
-    ours = {k: (list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
-    assert ours == {name: (shape, dtype) for name, shape, dtype in entries}
-    assert sum(p.numel() for p in model.parameters()) == manifest["params"]
-    state = {name: torch.empty(shape, dtype=DTYPES[dtype], device="meta") for name, shape, dtype in entries}
-    model.load_state_dict(state, strict=True, assign=True)
+    assert_loads_strictly(("HAT", load_manifest(path)[0]["hyperparameters"]), path)
 
 
 def test_strict_load_rejects_a_wrong_shape():
     manifest, entries = load_manifest(HAT_FIXTURES / "manifests" / "HAT-S_SRx4.keys.json")
     with torch.device("meta"):
         model = HAT(**manifest["hyperparameters"])
-    state = {name: torch.empty(shape, dtype=DTYPES[dtype], device="meta") for name, shape, dtype in entries}
+    state = meta_state_dict(entries)
     state["conv_last.weight"] = torch.empty(3, 64, 1, 1, device="meta")
     with pytest.raises(RuntimeError, match="size mismatch"):
         model.load_state_dict(state, strict=True, assign=True)
@@ -61,7 +59,7 @@ def test_catalog_has_one_entry_per_released_checkpoint():
     entries = [spec for spec in catalog if spec.family == "hat"]
     assert sorted(spec.manifest for spec in entries) == sorted(f"hat/{p.name}" for p in MANIFESTS)
     for spec in entries:
-        manifest, _ = load_manifest(HAT_FIXTURES / "manifests" / spec.manifest.removeprefix("hat/"))
+        manifest, _ = load_manifest(manifest_fixture(spec.manifest))
         hp = manifest["hyperparameters"]
         assert spec.arch == "HAT" and spec.hparams == hp
         assert spec.scale == hp["upscale"] and spec.pad_multiple == hp["window_size"]

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from restorer.archs import arch_class, build
-from restorer.archs.instructir import InstructIR, LanguageHead, export_language_head, load_language_head
-from restorer.catalog import load_catalog
-from restorer.export import export_onnx, parity, run_onnx
-from restorer.text_encoder import DEGRADATION_CLASSES, LanguageHeadRunner
-from tests.manifests import FIXTURES, load_manifest, load_safetensors
+from restorer.archs.instructir import InstructIR, LanguageHead, load_language_head
+from restorer.convert.text import export_language_head
+from restorer.zoo.catalog import load_catalog
+from restorer.convert.graph import export_onnx, parity, run_onnx
+from restorer.pipelines.text_encoder import DEGRADATION_CLASSES, LanguageHeadRunner
+from tests.manifests import FIXTURES, assert_loads_strictly, load_safetensors
 
 HERE = FIXTURES / "instructir"
 TORCH_TOL = 1e-5  # the fixture's tolerance on CPU fp32
@@ -58,23 +59,13 @@ def test_registered():
     assert arch_class("InstructIRLMHead") is LanguageHead
 
 
-def _assert_loads_strictly(model: torch.nn.Module, manifest_name: str) -> dict:
-    manifest, entries = load_manifest(HERE / manifest_name)
-    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    assert ours == {name: shape for name, shape, _ in entries}
-    released = {name: torch.empty(shape, device="meta") for name, shape, _ in entries}
-    model.load_state_dict(released, strict=True, assign=True)
-    assert sum(p.numel() for p in model.parameters()) == manifest["params"]
-    assert not list(model.buffers())
-    return manifest
-
-
 def test_released_image_model_manifest_loads_strictly():
     """The catalog's hyperparameters build exactly the released im_instructir-7d.pt tensors."""
     spec = load_catalog().get("instructir-7d")
     with torch.device("meta"):
         model = build(spec.arch, spec.hparams)
-    manifest = _assert_loads_strictly(model, "im_instructir-7d.keys.json")
+    manifest = assert_loads_strictly(model, HERE / "im_instructir-7d.keys.json")
+    assert not list(model.buffers())
     assert manifest["params"] == 15_843_363
     assert model.pad_multiple == 16
 
@@ -83,7 +74,8 @@ def test_released_head_manifest_loads_strictly():
     spec = load_catalog().get("instructir-7d-lm")
     with torch.device("meta"):
         head = build(spec.arch, spec.hparams)
-    _assert_loads_strictly(head, "lm_instructir-7d.keys.json")
+    assert_loads_strictly(head, HERE / "lm_instructir-7d.keys.json")
+    assert not list(head.buffers())
 
 
 def test_catalog_entries_tie_together():
@@ -180,10 +172,9 @@ def _real_head_file() -> Path | None:
     """The released lm_instructir-7d.pt, where a user or the model store has it."""
     candidates = [os.environ.get("RESTORER_INSTRUCTIR_LM_HEAD", "")]
     try:
-        from restorer import store
-
+        from restorer.zoo import layout
         spec = load_catalog().get("instructir-7d-lm")
-        candidates += [str(p) for p in store.weight_paths(spec)]
+        candidates += [str(p) for p in layout.weight_paths(spec)]
     except Exception:  # the store may not be importable in a minimal checkout
         pass
     for candidate in candidates:

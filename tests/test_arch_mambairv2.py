@@ -19,16 +19,21 @@ import numpy as np
 import pytest
 import torch
 
-from restorer.archs import build
-from restorer.catalog import parse
+from restorer.zoo.catalog import parse
 from restorer.archs.mambairv2 import MambaIRv2, MambaIRv2Light, stable_argsort, symmetric_pad_to
-from restorer.export import export_onnx, run_onnx
-from tests.manifests import FIXTURES, load_manifest, load_safetensors
+from restorer.convert.graph import export_onnx, run_onnx
+from tests.manifests import (
+    FIXTURES,
+    assert_loads_strictly,
+    load_manifest,
+    load_safetensors,
+    manifest_fixture,
+    meta_state_dict,
+)
 
 DIR = FIXTURES / "mambair"
 MANIFESTS = sorted(DIR.glob("mambairv2_*.keys.json"))
 TINY = {"mambairv2_tiny_dn": MambaIRv2, "mambairv2_tiny_sr_x2": MambaIRv2, "mambairv2light_tiny_x3": MambaIRv2Light}
-DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
 
 def tiny(name: str):
@@ -50,21 +55,14 @@ def test_every_released_v2_checkpoint_is_covered():
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name.removesuffix(".keys.json"))
 def test_released_checkpoint_loads_strictly(path):
-    manifest, entries = load_manifest(path)
-    with torch.device("meta"):  # up to 34 M parameters: never materialised
-        model = build(manifest["arch"], manifest["hyperparameters"])
-    ours = {k: (list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
-    assert ours == {name: (shape, dtype) for name, shape, dtype in entries}
-    assert sum(p.numel() for p in model.parameters()) == manifest["params"]
-    state = {name: torch.empty(shape, dtype=DTYPES[dtype], device="meta") for name, shape, dtype in entries}
-    model.load_state_dict(state, strict=True, assign=True)
+    assert_loads_strictly(None, path)
 
 
 def test_strict_load_rejects_a_wrong_shape():
     manifest, entries = load_manifest(DIR / "mambairv2_lightSR_x2.keys.json")
     with torch.device("meta"):
         model = MambaIRv2Light(**manifest["hyperparameters"])
-    state = {name: torch.empty(shape, dtype=DTYPES[dtype], device="meta") for name, shape, dtype in entries}
+    state = meta_state_dict(entries)
     state["layers.0.residual_group.layers.0.assm.embeddingB.weight"] = torch.empty(32, 32, device="meta")
     with pytest.raises(RuntimeError, match="size mismatch"):
         model.load_state_dict(state, strict=True, assign=True)
@@ -75,7 +73,7 @@ def test_catalog_has_one_entry_per_released_checkpoint():
     entries = [spec for spec in catalog if spec.arch in ("MambaIRv2", "MambaIRv2Light")]
     assert sorted(spec.manifest for spec in entries) == sorted(f"mambair/{p.name}" for p in MANIFESTS)
     for spec in entries:
-        manifest, _ = load_manifest(DIR / spec.manifest.removeprefix("mambair/"))
+        manifest, _ = load_manifest(manifest_fixture(spec.manifest))
         hp = manifest["hyperparameters"]
         assert spec.arch == manifest["arch"] and spec.hparams == hp
         assert spec.scale == (hp["upscale"] if hp.get("upsampler") else 1)

@@ -16,8 +16,8 @@ import torch
 from restorer.archs import build
 from restorer.archs.oldphoto.face import FaceSPADEGenerator, SpectralConv2d
 from restorer.archs.oldphoto.mapping import MappingPatchAttention, PatchAttention
-from restorer.export import export_onnx, run_onnx
-from tests.manifests import FIXTURES, load_manifest, load_safetensors
+from restorer.convert.graph import export_onnx, run_onnx
+from tests.manifests import FIXTURES, assert_loads_strictly, load_manifest, load_safetensors, meta_state_dict
 
 HERE = FIXTURES / "oldphoto"
 TOL = 1e-4  # the fixtures' suggested atol = rtol
@@ -84,18 +84,13 @@ def close(got: np.ndarray, want: np.ndarray, atol: float = TOL) -> None:
 @pytest.mark.parametrize("manifest", sorted(RELEASED))
 def test_released_manifest_loads_strictly(manifest):
     arch, hparams = RELEASED[manifest]
-    meta, entries = load_manifest(HERE / f"{manifest}.keys.json")
     with torch.device("meta"):
         model = build(arch, hparams)
-    ours = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
-    theirs = {name: (tuple(shape), dtype) for name, shape, dtype in entries}
-    assert ours == theirs
-    assert sum(p.numel() for p in model.parameters()) == meta["params"]
-    sd = {name: torch.empty(shape, dtype=getattr(torch, dtype), device="meta") for name, shape, dtype in entries}
-    model.load_state_dict(sd, strict=True, assign=True)
+    path = HERE / f"{manifest}.keys.json"
+    assert_loads_strictly(model, path)
     # a wrong shape must be refused, or this test proves nothing
-    first = entries[0][0]
-    sd[first] = torch.empty(7, device="meta")
+    sd = meta_state_dict(load_manifest(path)[1])
+    sd[next(iter(sd))] = torch.empty(7, device="meta")
     with pytest.raises(RuntimeError):
         model.load_state_dict(sd, strict=True, assign=True)
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from restorer.runtime.base import Runner
-from restorer.runtime.builtin import (
+from restorer.run.runner import Runner
+from restorer.run.builtin import (
     BUILTIN_TASKS,
     DarkChannelDehazer,
     IlluminationMapEnhancer,
@@ -78,13 +78,13 @@ def test_factory_accepts_tasks_and_ids():
         assert isinstance(by_task, Runner)
         assert by_task.info.model == by_id.info.model == model_id
         assert by_task.info.backend == "builtin" and by_task.info.provider == "numpy"
-        assert by_task.channels == 3
-    assert builtin_runner("superres", scale=3).scale == 3
-    assert builtin_runner("builtin:upscale", scale=4).scale == 4
-    assert builtin_runner("denoise").scale == 1
+        assert by_task.needs.channels == 3
+    assert builtin_runner("superres", scale=3).needs.scale == 3
+    assert builtin_runner("builtin:upscale", scale=4).needs.scale == 4
+    assert builtin_runner("denoise").needs.scale == 1
     assert isinstance(builtin_runner("builtin:inpaint"), MaskInpainter)
-    assert builtin_runner("dehaze").whole_image and builtin_runner("lowlight").whole_image
-    assert not builtin_runner("denoise").whole_image and not builtin_runner("superres").whole_image
+    assert builtin_runner("dehaze").needs.whole_image and builtin_runner("lowlight").needs.whole_image
+    assert not builtin_runner("denoise").needs.whole_image and not builtin_runner("superres").needs.whole_image
     assert builtin_runner("denoise", strength=0.2).strength == 0.2
 
 
@@ -108,11 +108,11 @@ def test_batches_of_two_and_gray_input(task):
     colour = rng.random((2, 3, 40, 48), dtype=np.float32)
     gray = rng.random((1, 1, 40, 48), dtype=np.float32)
     out = runner(colour)
-    assert out.shape == (2, 3, 40 * runner.scale, 48 * runner.scale) and out.dtype == np.float32
+    assert out.shape == (2, 3, 40 * runner.needs.scale, 48 * runner.needs.scale) and out.dtype == np.float32
     # each image of a batch is processed on its own
     np.testing.assert_array_equal(out[1:], runner(colour[1:]))
     out_gray = runner(gray)
-    assert out_gray.shape == (1, 1, 40 * runner.scale, 48 * runner.scale)
+    assert out_gray.shape == (1, 1, 40 * runner.needs.scale, 48 * runner.needs.scale)
     assert out.min() >= 0.0 and out.max() <= 1.0
 
 
@@ -174,7 +174,7 @@ def test_denoise_keeps_16bit_precision():
 
 def split_and_join(runner, batch: np.ndarray) -> np.ndarray:
     """Run the left and right halves, each with `overlap` extra columns, and stitch."""
-    width, overlap, scale = batch.shape[3], runner.overlap, runner.scale
+    width, overlap, scale = batch.shape[3], runner.needs.overlap, runner.needs.scale
     middle = width // 2
     left = runner(batch[..., : middle + overlap])[..., : middle * scale]
     right = runner(batch[..., middle - overlap:])[..., overlap * scale:]
@@ -227,7 +227,7 @@ def test_lowlight_raises_luminance_and_entropy():
 def test_lowlight_denoises_what_it_brightens():
     """The noise lifted out of the dark is suppressed: closer to the normal-light image than
     the plain division by the map (measured 18.2 -> 19.3 dB), and a clean image is left alone."""
-    from restorer.runtime.builtin import IlluminationMapEnhancer
+    from restorer.run.builtin import IlluminationMapEnhancer
 
     dark = load("lol_low_778.png")
     op = IlluminationMapEnhancer()

@@ -8,7 +8,8 @@ from importlib import resources
 import pytest
 
 from restorer.archs import ARCHS
-from restorer.catalog import TASKS, load_catalog
+from restorer.tasks import TASKS
+from restorer.zoo.catalog import load_catalog
 from tests.manifests import FIXTURES
 
 SPECIAL_ARCHS = {"builtin", "pipeline", "bundled"}

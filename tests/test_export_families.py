@@ -95,16 +95,16 @@ def _export(model_id: str, home: Path) -> tuple[Path, dict]:
 
 def _runners(model_id: str, home: Path, monkeypatch):
     """The store's runner (now the export) and an eager PyTorch runner of the same weights."""
-    from restorer import store
-    from restorer.catalog import load_catalog
-    from restorer.runtime.base import RunnerInfo
-    from restorer.runtime.torch import TorchRunner
+
+    from restorer.zoo.catalog import load_catalog
+    from restorer.run.runner import RunnerInfo
+    from restorer.run.loader import build_runner
+    from restorer.run.torch import TorchRunner, load_module
 
     monkeypatch.setenv("RESTORER_HOME", str(home))
     spec = load_catalog().get(model_id)
-    run = store.runner(spec, device="cpu")
-    eager = TorchRunner(store.load_model(spec), RunnerInfo(spec.id, "torch", ""), device="cpu",
-                        input_range=spec.input_range, output_range=spec.output_range)
+    run = build_runner(spec, device="cpu")
+    eager = TorchRunner(load_module(spec), RunnerInfo(spec.id, "torch", ""), spec.requirements, device="cpu")
     return spec, run, eager
 
 
@@ -112,7 +112,7 @@ def test_garnet_exports_with_its_mask_and_runs_from_onnx(tmp_path, monkeypatch):
     import onnx
     from PIL import Image
 
-    from restorer import imaging
+    from restorer.io import imaging
 
     home = tmp_path / "h"
     register_tiny_garnet(home, "garnet")
@@ -122,7 +122,7 @@ def test_garnet_exports_with_its_mask_and_runs_from_onnx(tmp_path, monkeypatch):
 
     spec, run, eager = _runners("garnet", home, monkeypatch)
     assert run.info.backend == "onnx" and run.info.model == "garnet"
-    assert run.pad_multiple == 32 and run.input_range == (-1.0, 1.0)
+    assert run.needs.pad_multiple == 32 and run.needs.input_range == (-1.0, 1.0)
     # Another size than the export's, a mask of text boxes: the mask reaches the network.
     image = np.random.default_rng(3).random((1, 3, 96, 128), dtype=np.float32)
     mask = np.zeros((1, 1, 96, 128), np.float32)
@@ -178,8 +178,8 @@ NON_LOCAL = {**MAPPING, "NL_res": True, "NL_fusion_method": "combine", "correlat
 ])
 def test_mapping_example_inputs_fit_each_forward(arch, hparams, names):
     from restorer.archs import build
-    from restorer.catalog import parse
-    from restorer.export import example_inputs
+    from restorer.zoo.catalog import parse
+    from restorer.convert.export import example_inputs
 
     spec = parse(f'[[model]]\nid = "m"\ntitle = "m"\nfamily = "oldphoto"\ntasks = []\narch = "{arch}"\n'
                  f'hparams = {_table(hparams)}\nchannels = 64\n').get("m")

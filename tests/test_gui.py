@@ -23,9 +23,11 @@ from PIL import Image as PILImage  # noqa: E402
 from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QTimer, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent, QGuiApplication, QImage, QWheelEvent  # noqa: E402
 
-from restorer import engine, imaging  # noqa: E402
-from restorer.catalog import parse  # noqa: E402
-from restorer.runtime.base import RunnerInfo  # noqa: E402
+from restorer.archs.requirements import Requirements  # noqa: E402
+from restorer.batch import restore as restore_module  # noqa: E402
+from restorer.io import imaging  # noqa: E402
+from restorer.zoo.catalog import parse  # noqa: E402
+from restorer.run.runner import RunnerInfo  # noqa: E402
 from restorer_ui.imageconv import Pyramid, from_qimage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,18 +209,18 @@ def test_task_options_reach_the_steps(qtbot, window):
     panel.set_task("denoise")
     assert panel.strength.isVisibleTo(panel) and not panel.hr.isVisibleTo(panel)
     panel.strength.setCurrentIndex(panel.strength.findData(1.0))
-    assert panel.steps()[0].options["strength"] == 1.0
+    assert panel.resolve_plan().steps[0].options["strength"] == 1.0
     panel.set_task("old-photo")
     assert panel.hr.isVisibleTo(panel) and not panel.strength.isVisibleTo(panel)
     panel.hr.setChecked(True)
     panel.faces.setChecked(False)
     panel.scratches.setCurrentIndex(panel.scratches.findData("yes"))
-    options = panel.steps()[0].options
+    options = panel.resolve_plan().steps[0].options
     assert options["hr"] is True and options["faces"] is False and options["scratches"] == "yes"
     panel.set_task("remove-text")
     panel.dilate.setValue(5)
     panel.mask_path.setText("/tmp/mask.png")
-    options = panel.steps()[0].options
+    options = panel.resolve_plan().steps[0].options
     assert options["dilate"] == 5 and options["mask"] == "/tmp/mask.png"
 
 
@@ -292,9 +294,7 @@ def test_save_never_replaces_the_original_without_a_yes(qtbot, window, tmp_path)
 class SlowRunner:
     """An identity runner that takes its time on every tile."""
 
-    scale, channels, pad_multiple, overlap = 1, 3, 1, 0
-    preferred_tile = 64
-    whole_image = False
+    needs = Requirements(overlap=0, preferred_tile=64)
 
     def __init__(self):
         self.info = RunnerInfo("builtin:denoise", "builtin", "numpy")
@@ -305,13 +305,16 @@ class SlowRunner:
         time.sleep(0.05)
         return batch.copy()
 
+    def close(self):
+        pass
+
 
 def test_cancel_a_long_run_and_the_window_stays_responsive(qtbot, window, tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     PILImage.fromarray(np.random.default_rng(1).integers(0, 255, (640, 640, 3), dtype=np.uint8)).save(path)
     open_and_wait(qtbot, window, path)
     runner = SlowRunner()
-    monkeypatch.setattr(engine, "make_runner", lambda step, options: runner)
+    monkeypatch.setattr(restore_module, "step_runner", lambda step, ctx: runner)
     window.request.set_task("denoise", "builtin:denoise")
     ticks = []
     timer = QTimer(interval=10)
@@ -474,7 +477,7 @@ def test_model_manager_adds_a_file_recognised_by_its_tensors(qtbot, settings, tm
     pytest.importorskip("torch")
     from safetensors.numpy import save_file
 
-    from restorer import store
+    from restorer.zoo import recognise as recognise_mod
     from restorer_ui.model_manager import ModelManager
 
     catalog = parse('''
@@ -490,7 +493,7 @@ licence = "MIT"
 name = "lm_tiny.safetensors"
 url = "https://models.example.invalid/lm_tiny.safetensors"
 ''')
-    shapes = store.signature(catalog.get("tiny-lm"))
+    shapes = recognise_mod.signature(catalog.get("tiny-lm"))
     path = tmp_path / "downloaded by hand.safetensors"
     save_file({k: np.zeros(v, np.float32) for k, v in shapes.items()}, str(path))
     m = ModelManager(settings, catalog)

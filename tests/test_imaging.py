@@ -10,7 +10,7 @@ import pytest
 from PIL import Image as PILImage
 from PIL import ImageCms
 
-from restorer import imaging
+from restorer.io import imaging
 
 RNG = np.random.default_rng(0)
 

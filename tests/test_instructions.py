@@ -1,10 +1,10 @@
-"""restorer.instructions: natural-language instruction -> ordered restoration steps."""
+"""restorer.plan.instructions: natural-language instruction -> ordered restoration steps."""
 
 from pathlib import Path
 
 import pytest
 
-from restorer.instructions import (CANONICAL_ORDER, TASKS, InstructionError, Plan, Step, accuracy,
+from restorer.plan.instructions import (CANONICAL_ORDER, TASKS, InstructionError, ParsedInstruction, Intent, accuracy,
                                    describe_vocabulary, plan, resolve_scale)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "instructions"
@@ -48,7 +48,7 @@ def test_single_task(text, task):
 
 def test_plan_types_and_prompt():
     p = plan("Please remove the haze from my photo")
-    assert isinstance(p, Plan) and isinstance(p.steps[0], Step)
+    assert isinstance(p, ParsedInstruction) and isinstance(p.steps[0], Intent)
     assert p.text == "Please remove the haze from my photo"
     # one step: all the user's words are its prompt (for InstructIR)
     assert p.steps[0].prompt == "Please remove the haze from my photo"
@@ -273,6 +273,6 @@ def test_accuracy_on_our_heldout_phrasings():
 
 def test_lexicon_entries_do_not_collide():
     """Each stemmed phrase means one kind of thing (a task cue, a strength, a negation...)."""
-    from restorer.instructions import _INDEX
+    from restorer.plan.instructions import _INDEX
     clashes = {k: v for k, v in _INDEX.items() if len({e.kind for e in v}) > 1}
     assert not clashes

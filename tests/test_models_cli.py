@@ -9,7 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from restorer import store
+from restorer.run.loader import build_runner
+
+from restorer.zoo import layout
+from restorer.zoo import recognise as recognise_mod
 from restorer.cli import main
 from tests.store_helpers import HAT_TINY, FileServer, tiny_hat_entry, use_catalog, write_sparse_safetensors
 
@@ -86,7 +89,7 @@ def test_add_info_verify_remove(tmp_path, capsys):
 
 def test_add_refusals_are_one_line(tmp_path, capsys):
     broken = tmp_path / "weird.safetensors"
-    entries = [[k, list(v), "float32"] for k, v in store.signature(store_spec("tiny-hat")).items()]
+    entries = [[k, list(v), "float32"] for k, v in recognise_mod.signature(store_spec("tiny-hat")).items()]
     bad = write_sparse_safetensors(broken, entries, broken="first")
     code, out, err = run(capsys, "models", "add", str(broken))
     assert code == 2 and out == ""
@@ -99,7 +102,7 @@ def test_add_refusals_are_one_line(tmp_path, capsys):
 
 
 def store_spec(model_id):
-    from restorer import catalog
+    from restorer.zoo import catalog
 
     return catalog.load_catalog().get(model_id)
 
@@ -110,7 +113,7 @@ def test_download_command_from_a_mirror(tmp_path, capsys):
         code, out, err = run(capsys, "models", "download", "tiny-hat", "--mirror", f"{server.url}/m")
     assert code == 0, err
     assert "installed tiny-hat" in out
-    assert hashlib.sha256(store.weights_path(store_spec("tiny-hat")).read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert hashlib.sha256(layout.weights_path(store_spec("tiny-hat")).read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
     code, _, err = run(capsys, "models", "download", "tiny-nc")
     assert code == 2 and "https://drive.google.com/XYZ" in err and "models add HAT_SRx3.pth --id tiny-nc" in err
 
@@ -125,19 +128,19 @@ def test_export_checks_parity_and_the_runner_uses_it(tmp_path, capsys):
     code, _, err = run(capsys, "models", "export", "tiny-hat", "--fp16")
     assert code == 2 and "fp16 is not known to be safe for 'tiny-hat'" in err and "--force" in err
 
-    eager = store.runner(spec, device="cpu")
+    eager = build_runner(spec, device="cpu")
     assert eager.info.backend == "torch"
     assert any("restorer-cli models export tiny-hat" in n for n in eager.info.notes)
 
     code, out, err = run(capsys, "models", "export", "tiny-hat", "--tile", "16")
     assert code == 0, err
-    path = store.onnx_path(spec)
+    path = layout.onnx_path(spec)
     assert path.is_file() and f"exported tiny-hat (fp32): {path}" in out
     sidecar = json.loads(path.with_suffix(".json").read_text())
     assert sidecar["dynamic_hw"] is True and sidecar["tile"] == 16 and sidecar["max_abs_diff"] <= 1e-4
 
-    onnx = store.runner(spec, device="cpu")
-    assert (onnx.info.backend, onnx.preferred_tile, onnx.scale, onnx.pad_multiple) == ("onnx", None, 2, 4)
+    onnx = build_runner(spec, device="cpu")
+    assert (onnx.info.backend, onnx.needs.preferred_tile, onnx.needs.scale, onnx.needs.pad_multiple) == ("onnx", None, 2, 4)
     x = np.random.default_rng(0).random((1, 3, 12, 20), dtype=np.float32)  # not the export size
     np.testing.assert_allclose(onnx(x), eager(x), atol=1e-4)
     assert json.loads(run(capsys, "models", "list", "--json")[1])[0]["state"] == "onnx"

@@ -143,3 +143,21 @@ def test_gray_photo_in_hr_mode(tmp_path):
     faces = [s for s in step["stages"] if s["stage"].startswith("face-0")]
     assert faces and faces[0]["backend"] == "oldphoto-face-512"
     assert Image.open(tmp_path / "out" / "gray_scan.face-01.png").size == (512, 512)
+
+
+@pytest.mark.parametrize("size", [(40, 48), (1, 1)])
+def test_photos_smaller_than_the_networks_take_are_padded_up(tmp_path, monkeypatch, size):
+    """The pipeline's networks need 32 px (the scratch detector): a 48x40 crop or a single
+    pixel is padded up and cropped back, in the network path and the classical fallback."""
+    pytest.importorskip("torch")
+    from restorer.cli import main
+
+    photo = tmp_path / "tiny.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)).save(photo)
+    for home in (tmp_path / "bare", tmp_path / "h"):
+        if home.name == "h":
+            _register_fixture_parts(home)
+        monkeypatch.setenv("RESTORER_HOME", str(home))
+        out = tmp_path / f"out-{home.name}"
+        assert main([str(photo), "-o", str(out), "--task", "old-photo", "--scratches", "yes", "--quiet"]) == 0
+        assert Image.open(out / "tiny.png").size == (size[1], size[0])

@@ -53,8 +53,9 @@ def test_exported_parts_run_on_onnx_runtime_without_torch(tmp_path, monkeypatch,
     assert "TORCH IMPORTED True" in err
 
     # Only the scratch path's parts are here while exporting: the others are skipped, by name.
-    from restorer import store
-    from restorer.catalog import load_catalog
+    from restorer.zoo import install
+    from restorer.zoo import layout
+    from restorer.zoo.catalog import load_catalog
     from restorer.models_cli import main as models_main
 
     others = [n for n in load_catalog().get("oldphoto").needs if n not in SCRATCH_PARTS]
@@ -69,14 +70,14 @@ def test_exported_parts_run_on_onnx_runtime_without_torch(tmp_path, monkeypatch,
 
     vae_a = load_catalog().get("oldphoto-vae-a-quality")
     for part in ("encoder", "decoder"):
-        path = store.onnx_path(vae_a, "fp32", part)
+        path = layout.onnx_path(vae_a, "fp32", part)
         assert path.name == f"oldphoto-vae-a-quality.{part}.fp32.onnx" and str(path) in out
         record = json.loads(path.with_suffix(".json").read_text())
         assert record["part"] == part and record["max_abs_diff"] <= record["tolerance"] == 1e-4
-    assert not store.onnx_path(vae_a).exists()  # a VAE is never exported whole
-    assert store.exported_parts(vae_a) == ["decoder", "encoder"]
-    assert store.exported_precisions(vae_a) == ["fp32"] and store.state(vae_a) == "onnx"
-    assert store.state(load_catalog().get("oldphoto-vae-b-quality")) == "installed"
+    assert not layout.onnx_path(vae_a).exists()  # a VAE is never exported whole
+    assert layout.exported_parts(vae_a) == ["decoder", "encoder"]
+    assert layout.exported_precisions(vae_a) == ["fp32"] and layout.state(vae_a) == "onnx"
+    assert layout.state(load_catalog().get("oldphoto-vae-b-quality")) == "installed"
 
     onnx, err = restore(home, tmp_path / "onnx")
     assert (onnx["runner"], onnx["provider"]) == ("onnx", "CPUExecutionProvider")
@@ -87,6 +88,6 @@ def test_exported_parts_run_on_onnx_runtime_without_torch(tmp_path, monkeypatch,
     assert got.shape == want.shape and np.abs(got - want).max() <= 2
 
     # Removing a model removes its part exports and their records.
-    removed = store.remove(vae_a)
-    assert store.onnx_path(vae_a, "fp32", "encoder").with_suffix(".json") in removed
-    assert store.exported_parts(vae_a) == [] and store.state(vae_a) == "missing"
+    removed = install.remove(vae_a)
+    assert layout.onnx_path(vae_a, "fp32", "encoder").with_suffix(".json") in removed
+    assert layout.exported_parts(vae_a) == [] and layout.state(vae_a) == "missing"

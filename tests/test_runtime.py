@@ -7,13 +7,30 @@ import numpy as np
 import pytest
 import torch
 
-from restorer.export import export_onnx
-from restorer.runtime import onnx as ort_runtime
-from restorer.runtime.base import RunnerInfo
-from restorer.runtime.onnx import CPU, CUDA, OnnxRunner, provider_list
-from restorer.runtime.torch import TorchRunner
-from restorer.tiles import run_tiled
-from tests.test_tiles import SmallNet
+from restorer.archs.requirements import Requirements
+from restorer.convert.graph import export_onnx
+from restorer.run import onnx as ort_runtime
+from restorer.run.onnx import CPU, CUDA, OnnxRunner, provider_list
+from restorer.run.runner import RunnerInfo
+from restorer.run.tiles import run_tiled
+from restorer.run.torch import TorchRunner
+
+
+class SmallNet(torch.nn.Module):
+    """Three 3x3 convs (receptive radius 3), then a pixel-shuffle upscale."""
+
+    def __init__(self, scale: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(),
+            torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.GELU(),
+            torch.nn.Conv2d(8, 3 * scale * scale, 3, padding=1),
+        )
+        self.up = torch.nn.PixelShuffle(scale)
+
+    def forward(self, image):
+        return self.up(self.body(image))
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +43,16 @@ def exported(tmp_path_factory):
 def test_onnx_equals_pytorch_tiled(exported):
     net, path = exported
     img = np.random.default_rng(0).random((53, 70, 3), dtype=np.float32)
-    kw = dict(scale=2, overlap=4)
-    torch_out = run_tiled(img, TorchRunner(net, RunnerInfo("t", "", ""), device="cpu", **kw), tile=32)
-    onnx_out = run_tiled(img, OnnxRunner(path, RunnerInfo("t", "", ""), device="cpu", **kw), tile=32)
+    needs = Requirements(scale=2, overlap=4)
+    torch_out = run_tiled(img, TorchRunner(net, RunnerInfo("t", "", ""), needs, device="cpu"), tile=32)
+    onnx_out = run_tiled(img, OnnxRunner(path, RunnerInfo("t", "", ""), needs, device="cpu"), tile=32)
     assert np.abs(torch_out - onnx_out).max() <= 1e-4
 
 
 def test_forcing_cuda_on_this_machine_falls_back_with_one_warning(exported, caplog):
     _, path = exported
     with caplog.at_level(logging.WARNING, logger="restorer"):
-        runner = OnnxRunner(path, RunnerInfo("t", "", ""), device="cuda", scale=2)
+        runner = OnnxRunner(path, RunnerInfo("t", "", ""), Requirements(scale=2), device="cuda")
     assert runner.info.provider == CPU
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "CUDA unavailable" in warnings[0] and "CPU" in warnings[0]
@@ -57,7 +74,7 @@ def test_a_cuda_session_that_fails_to_create_retries_on_cpu(exported, monkeypatc
     monkeypatch.setattr(ort, "InferenceSession", fake)
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
     with caplog.at_level(logging.WARNING, logger="restorer"):
-        runner = OnnxRunner(path, RunnerInfo("t", "", ""), device="auto", scale=2)
+        runner = OnnxRunner(path, RunnerInfo("t", "", ""), Requirements(scale=2), device="auto")
     assert runner.info.provider == CPU
     assert "no CUDA-capable device" in runner.info.notes[0]
 
@@ -119,7 +136,7 @@ def test_pre_upscale_feeds_the_network_a_bicubic_upscale():
         def forward(self, image):
             return image
 
-    runner = TorchRunner(Identity(), RunnerInfo("t", "", ""), device="cpu", scale=3, pre_upscale=3, overlap=4)
+    runner = TorchRunner(Identity(), RunnerInfo("t", "", ""), Requirements(scale=3, pre_upscale=3, overlap=4), device="cpu")
     img = np.random.default_rng(5).random((20, 30, 3), dtype=np.float32)
     out = run_tiled(img, runner, tile=64)
     expected = cv2.resize(img, (90, 60), interpolation=cv2.INTER_CUBIC)
@@ -133,6 +150,6 @@ def test_a_network_that_returns_nan_fails_clearly():
         def forward(self, image):
             return image * float("inf") * 0.0  # NaN everywhere
 
-    runner = TorchRunner(Overflow(), RunnerInfo("t-nan", "", ""), device="cpu")
+    runner = TorchRunner(Overflow(), RunnerInfo("t-nan", "", ""), Requirements(), device="cpu")
     with pytest.raises(FloatingPointError, match="t-nan produced NaN"):
         run_tiled(np.ones((20, 20, 3), np.float32), runner, tile=64)

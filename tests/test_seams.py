@@ -40,12 +40,8 @@ CASES = {
 def _sweep(key: str) -> tuple[list[dict], tuple]:
     model = TINY[key]
     base = fixture_base(model)
-    if base is None:
-        pytest.skip(f"{model.fixture} not in tests/fixtures yet")
-    try:
-        net, x, golden, _ = load(model, base)
-    except (ImportError, KeyError, RuntimeError) as e:
-        pytest.skip(f"{model.arch} not loadable yet: {e}")
+    assert base is not None, f"{model.fixture} is missing from tests/fixtures"
+    net, x, golden, _ = load(model, base)  # a load error is a regression, not a skip
     tile, overlaps, max_bound, mean_bound, (h, w, sample, resize) = CASES[key]
     image = sample_image(h, w, sample, resize)
     scale = golden.shape[-1] // x.shape[-1]
@@ -102,17 +98,18 @@ def test_blend_zones_mark_the_ramps():
     assert not blend_zones(30, 40, 8, 2).any()  # one tile: nothing to blend
 
 
-# ---- CGNet's recommendation, honoured generically: the catalog's tile_multiple / min_size
+# ---- CGNet's recommendation, honoured generically: its declared tile_multiple / min_size
 
 
 def _cgnet_tiny_spec(tile_multiple: int | None):
     import json
 
-    from restorer.catalog import parse
+    from restorer.zoo.catalog import parse
 
     hparams = json.loads((fixture_base(TINY["cgnet"]).with_suffix(".json")).read_text())["hyperparameters"]
     fields = "\n".join(f"{k} = {json.dumps(v)}" for k, v in hparams.items())
-    limits = f"tile_multiple = {tile_multiple}\nmin_size = 64\n" if tile_multiple else ""
+    # No override: the family's own needs (restorer.archs.ARCHS); else an entry that lifts them.
+    limits = "" if tile_multiple else "tile_multiple = 1\nmin_size = 1\n"
     text = (f'[[model]]\nid = "tiny-cgnet"\ntitle = "t"\nfamily = "cgnet"\ntasks = ["denoise"]\n'
             f'arch = "CascadedGaze"\noverlap = 16\nwrapper_key = ""\n{limits}'
             f'[model.hparams]\n{fields}\n[[model.files]]\nname = "cgnet_tiny.safetensors"\n')
@@ -120,13 +117,14 @@ def _cgnet_tiny_spec(tile_multiple: int | None):
 
 
 def test_store_runner_carries_the_tile_limits_to_the_engine(tmp_path, monkeypatch):
-    """store.runner reads tile_multiple / min_size from the catalog entry, and run_tiled then
+    """The runner carries CGNet's declared tile_multiple / min_size (its Requirements), and run_tiled then
     cuts only full tiles of a multiple of 16 (never smaller than 64) even when asked for 65:
     CGNet's own zero padding never lands inside the image."""
     import shutil
 
-    from restorer import store
-    from restorer.tiles import run_runner, run_tiled
+    from restorer.run.loader import build_runner
+    from restorer.run.tiles import run_runner, run_tiled
+    from restorer.zoo import layout
     from tests.seam_helpers import TileRecorder
 
     monkeypatch.setenv("RESTORER_HOME", str(tmp_path))
@@ -134,10 +132,10 @@ def test_store_runner_carries_the_tile_limits_to_the_engine(tmp_path, monkeypatc
     errors = {}
     for multiple in (16, None):
         spec = _cgnet_tiny_spec(multiple)
-        store.model_dir(spec).mkdir(parents=True, exist_ok=True)
-        shutil.copy(fixture_base(TINY["cgnet"]).with_suffix(".safetensors"), store.weights_path(spec))
-        runner = store.runner(spec, device="cpu")
-        assert (runner.tile_multiple, runner.min_tile) == ((16, 64) if multiple else (1, 0))
+        layout.model_dir(spec).mkdir(parents=True, exist_ok=True)
+        shutil.copy(fixture_base(TINY["cgnet"]).with_suffix(".safetensors"), layout.weights_path(spec))
+        runner = build_runner(spec, device="cpu")
+        assert (runner.needs.tile_multiple, runner.needs.min_size) == ((16, 64) if multiple else (1, 1))
         recorder = TileRecorder(runner)
         tiled = run_tiled(image, recorder, tile=65, overlap=16)
         assert {s for s in recorder.shapes} == ({(80, 80)} if multiple else {(65, 65)})
@@ -147,14 +145,13 @@ def test_store_runner_carries_the_tile_limits_to_the_engine(tmp_path, monkeypatc
 
 
 def test_out_of_memory_halves_to_a_tile_multiple():
-    from restorer.runtime.base import OutOfMemory
-    from restorer.tiles import run_tiled
+    from restorer.archs.requirements import Requirements
+    from restorer.run.runner import OutOfMemory
+    from restorer.run.tiles import run_tiled
 
     class Identity:
         info = None
-        scale, channels, pad_multiple, overlap = 1, 3, 1, 4
-        preferred_tile, whole_image = None, False
-        tile_multiple, min_tile = 16, 32
+        needs = Requirements(overlap=4, tile_multiple=16, min_size=32)
 
         def __init__(self):
             self.shapes = []

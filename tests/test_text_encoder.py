@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from restorer.archs.bert import BertModel, export_text_encoder, load_bert, read_weights, sentence_embedding
-from restorer.archs.instructir import InstructIR, LanguageHead, export_language_head
-from restorer.catalog import load_catalog
-from restorer.text_encoder import TextEncoder, degradation_probabilities, mean_pool_normalize
+from restorer.archs.bert import BertModel, load_bert, read_weights, sentence_embedding
+from restorer.convert.text import export_text_encoder
+from restorer.archs.instructir import InstructIR, LanguageHead
+from restorer.convert.text import export_language_head
+from restorer.zoo.catalog import load_catalog
+from restorer.pipelines.text_encoder import TextEncoder, degradation_probabilities, mean_pool_normalize
 from tests.manifests import FIXTURES, load_safetensors
 
 HERE = FIXTURES / "instructir"
@@ -228,7 +230,7 @@ def test_encode_edge_cases(encoder):
 RESTORE_SCRIPT = """
 import json, sys
 import numpy as np
-from restorer.text_encoder import LanguageHeadRunner, TextEncoder, instruction_embedding
+from restorer.pipelines.text_encoder import LanguageHeadRunner, TextEncoder, instruction_embedding
 encoder = TextEncoder(sys.argv[1], sys.argv[2])
 head = LanguageHeadRunner(sys.argv[3])
 embedding, logits = instruction_embedding(json.loads(sys.argv[4]), encoder, head)

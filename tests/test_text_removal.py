@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from restorer.pipelines.text_removal import remove_text, text_windows
-from restorer.runtime.builtin import builtin_runner
-from restorer.text_detect import DetectorUnavailable, boxes_to_mask, detect_text, detector_path
+from restorer.run.builtin import builtin_runner
+from restorer.pipelines.text_detect import DetectorUnavailable, boxes_to_mask, detect_text, detector_path
 from tests.manifests import FIXTURES
 
 HERE = FIXTURES / "garnet"
@@ -40,23 +40,24 @@ def detected(photo):
 def tiny_garnet():
     torch = pytest.importorskip("torch")
     from restorer.archs.garnet import GaRNet
-    from restorer.runtime.base import RunnerInfo
-    from restorer.runtime.torch import TorchRunner
+    from restorer.archs.requirements import Requirements
+    from restorer.run.runner import RunnerInfo
+    from restorer.run.torch import TorchRunner
     from tests.manifests import load_safetensors
 
     model = GaRNet(in_channels=3, ndf=8)
     weights = load_safetensors(HERE / "garnet_tiny.safetensors")
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
     info = RunnerInfo(model="garnet-tiny", backend="torch", provider="torch:cpu")
-    runner = TorchRunner(model, info, device="cpu", pad_multiple=32, input_range=(-1.0, 1.0),
-                         output_range=(-1.0, 1.0))
+    runner = TorchRunner(model, info, Requirements(pad_multiple=32, input_range=(-1.0, 1.0),
+                                                   output_range=(-1.0, 1.0)), device="cpu")
     calls = []
 
     def net(image, mask):
         calls.append((image.copy(), mask.copy()))
         return runner(image, mask=mask)
 
-    net.pad_multiple = runner.pad_multiple
+    net.needs = runner.needs
     net.calls = calls
     net.runner = runner
     return net
@@ -194,7 +195,7 @@ def test_tiny_garnet_on_an_image_smaller_than_its_multiple(tiny_garnet):
 def test_bundled_detector_is_the_catalogued_file(detected):
     import hashlib
 
-    from restorer.catalog import load_catalog
+    from restorer.zoo.catalog import load_catalog
 
     spec = load_catalog().get("text-detector-dbnet")
     path = detector_path()

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from restorer import imaging
-from restorer.text_detect import DetectorUnavailable, boxes_to_mask, detect_text, detector_path
+from restorer.io import imaging
+from restorer.pipelines.text_detect import DetectorUnavailable, boxes_to_mask, detect_text, detector_path
 from tests.manifests import FIXTURES
 
 REPO = Path(__file__).resolve().parents[1]

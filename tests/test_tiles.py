@@ -5,33 +5,64 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
-from restorer.runtime.base import OutOfMemory, RunnerInfo
-from restorer.runtime.torch import TorchRunner
-from restorer.tiles import Cancelled, plan_rows, run_runner, run_tiled
+from restorer.archs.requirements import Requirements
+from restorer.run.runner import OutOfMemory, Runner, RunnerInfo
+from restorer.run.tiles import Cancelled, plan_rows, run_runner, run_tiled
 
 
-class SmallNet(torch.nn.Module):
-    """Three 3x3 convs: receptive radius 3 (input pixels), then a pixel-shuffle upscale."""
+class SmallNet:
+    """Three 3x3 convs (zero padding, as torch's padding=1) with fixed random weights and a
+    tanh-GELU between them, then a pixel-shuffle upscale: receptive radius 3 input pixels.
+    Plain numpy, so the tiling engine is tested without torch."""
 
     def __init__(self, scale: int):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(),
-            torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.GELU(),
-            torch.nn.Conv2d(8, 3 * scale * scale, 3, padding=1),
-        )
-        self.up = torch.nn.PixelShuffle(scale)
+        rng = np.random.default_rng(0)
+        self.scale = scale
+        self.layers = [(rng.normal(0, 0.3, (o, i, 3, 3)).astype(np.float32), rng.normal(0, 0.1, o).astype(np.float32))
+                       for i, o in ((3, 8), (8, 8), (8, 3 * scale * scale))]
 
-    def forward(self, image):
-        return self.up(self.body(image))
+    @staticmethod
+    def conv3x3(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        n, _, h, wd = x.shape
+        xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        out = np.broadcast_to(b[None, :, None, None], (n, w.shape[0], h, wd)).copy()
+        for dy in range(3):
+            for dx in range(3):
+                out += np.einsum("nchw,oc->nohw", xp[:, :, dy:dy + h, dx:dx + wd], w[:, :, dy, dx], optimize=True)
+        return out
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        for k, (w, b) in enumerate(self.layers):
+            x = self.conv3x3(x, w, b)
+            if k < len(self.layers) - 1:
+                x = 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x ** 3)))
+        n, c, h, w = x.shape
+        s = self.scale
+        return x.reshape(n, c // (s * s), s, s, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(n, c // (s * s), h * s, w * s)
 
 
-def small_runner(scale: int, pad_multiple: int = 1) -> TorchRunner:
-    info = RunnerInfo(model="test:small", backend="torch", provider="")
-    return TorchRunner(SmallNet(scale), info, device="cpu", scale=scale, pad_multiple=pad_multiple, overlap=4)
+class SmallRunner:
+    """A Runner (restorer.run.runner.Runner) around SmallNet."""
+
+    def __init__(self, scale: int, pad_multiple: int = 1):
+        self.net = SmallNet(scale)
+        self.info = RunnerInfo(model="test:small", backend="numpy", provider="numpy")
+        self.needs = Requirements(scale=scale, pad_multiple=pad_multiple, overlap=4)
+
+    def __call__(self, batch: np.ndarray, **extra: np.ndarray) -> np.ndarray:
+        return self.net(batch).astype(np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+def small_runner(scale: int, pad_multiple: int = 1) -> SmallRunner:
+    return SmallRunner(scale, pad_multiple)
+
+
+def test_small_runner_is_a_runner():
+    assert isinstance(small_runner(2), Runner)
 
 
 @pytest.mark.parametrize("scale", [1, 2, 4])

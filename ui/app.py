@@ -64,10 +64,10 @@ def selftest(app, timeout: float = 120.0) -> int:
 
     import numpy as np
     from PySide6.QtCore import QSettings
-
-    from restorer import imaging
     from restorer_ui.main_window import MainWindow
     from restorer_ui.settings import AppSettings
+
+    from restorer.io import imaging
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="restorer-selftest-") as tmp:

@@ -9,18 +9,35 @@ from pathlib import Path
 from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (
-    QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel,
-    QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QSplitter, QTableWidget, QTableWidgetItem,
-    QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
-
-from restorer import batch, engine
-from restorer.catalog import Catalog
 from restorer_ui.imageconv import to_qimage
 from restorer_ui.jobs import BatchJob, BatchOutcome
 from restorer_ui.main_window import format_seconds
 from restorer_ui.request_panel import RequestPanel
 from restorer_ui.settings import OUTPUT_FORMATS, AppSettings
+
+from restorer.batch import files
+from restorer.batch.loop import Output
+from restorer.plan import request
+from restorer.zoo.catalog import Catalog
 
 THUMB = 48
 COLUMNS = ("", "File", "Status", "Time", "Message")
@@ -48,7 +65,7 @@ class BatchWindow(QWidget):
         super().__init__(parent, Qt.WindowType.Window)
         self.setWindowTitle("Batch - Restorer")
         self.settings = settings
-        self.items: list[batch.Item] = []
+        self.items: list[files.Item] = []
         self.job: BatchJob | None = None
         self.outcome: BatchOutcome | None = None
         self._thumbs_done: set[int] = set()
@@ -161,20 +178,20 @@ class BatchWindow(QWidget):
         if not self.output_edit.text():
             return self._error("choose an output folder")
         try:
-            steps = self.request.steps()
-        except engine.RequestError as e:
+            plan = self.request.resolve_plan()
+        except request.RequestError as e:
             return self._error(str(e))
         fmt = OUTPUT_FORMATS[self.format.currentIndex()]
-        items = batch.discover([source], target, recursive=self.recursive.isChecked(), fmt=fmt,
+        items = files.discover([source], target, recursive=self.recursive.isChecked(), fmt=fmt,
                                suffix=self.suffix.text())
-        batch.prepare(items, overwrite=not self.skip_existing.isChecked())
+        files.prepare(items, overwrite=not self.skip_existing.isChecked())
         if not items:
             return self._error(f"no images in '{source}'")
         self.items = items
         self.outcome = None
         self._fill_table()
         self.summary.clear()
-        job = BatchJob(items, steps, self.settings.options(), fmt=fmt, quality=self.quality.value(), parent=self)
+        job = BatchJob(items, plan, Output(fmt, self.quality.value()), parent=self)
         job.hook(job.itemChanged, self._update_row)
         job.hook(job.progress, self._progress)
         job.hook(job.succeeded, self._finished)

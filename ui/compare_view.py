@@ -14,7 +14,6 @@ import math
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QPen
 from PySide6.QtWidgets import QWidget
-
 from restorer_ui.imageconv import Pyramid, difference
 
 MODES = ("split", "side", "diff")

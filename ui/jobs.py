@@ -3,22 +3,26 @@
 Each job runs in a Python thread and talks to the window through Qt signals. The job object
 lives in the GUI thread and every connection is queued, so slots always run in the GUI
 thread whatever thread emitted. Cancelling sets a threading.Event that the tiling engine
-checks between tiles (restorer.tiles.Cancelled ends the run).
+checks between tiles (restorer.run.tiles.Cancelled ends the run).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from PySide6.QtCore import QObject, Qt, Signal
-
-from restorer import engine
-from restorer.imaging import Image
-from restorer.tiles import Cancelled
 from restorer_ui.imageconv import Pyramid, to_display
+
+from restorer.batch.loop import Output, run_batch
+from restorer.batch.restore import restore
+from restorer.io.imaging import Image
+from restorer.plan.request import Plan
+from restorer.run.context import Context
+from restorer.run.loader import RunnerCache
+from restorer.run.tiles import Cancelled
 
 QUEUED = Qt.ConnectionType.QueuedConnection
 
@@ -92,25 +96,26 @@ class RestoreResult:
 
 
 class RestoreJob(Job):
-    """engine.restore over the steps, one step at a time so progress can say which."""
+    """restore() over the plan, one step at a time so progress can say which; runners come
+    from the window's cache, so restoring again with the same model does not reload it."""
 
-    def __init__(self, image: Image, steps: list[engine.Step], options: engine.Options, parent=None):
+    def __init__(self, image: Image, plan: Plan, cache: RunnerCache, parent=None):
         super().__init__(parent)
-        self.image, self.steps, self.options = image, steps, options
+        self.image, self.plan, self.cache = image, plan, cache
 
     def work(self) -> RestoreResult:
         image, reports = self.image, []
-        n = len(self.steps)
-        for i, step in enumerate(self.steps):
+        n = len(self.plan.steps)
+        for i, step in enumerate(self.plan.steps):
             label = f"step {i + 1}/{n}: {step.task} with {step.model}"
             self.report(i / n, label)
 
             def progress(done: int, total: int, i=i, label=label) -> None:
                 self.report((i + done / max(total, 1)) / n, f"{label}, tile {done}/{total}")
 
-            ctx = engine.Context(self.options, progress=progress, cancel=self.cancel_event,
-                                 on_note=self.note.emit)
-            image, step_reports = engine.restore(image, [step], ctx)
+            ctx = Context(self.plan.device, self.plan.tile, progress=progress, cancel=self.cancel_event,
+                          cache=self.cache, on_note=self.note.emit)
+            image, step_reports = restore(image, replace(self.plan, steps=[step]), ctx)
             reports.extend(step_reports)
             if self.cancel_event.is_set():
                 raise Cancelled("cancelled")
@@ -127,7 +132,7 @@ class LoadJob(Job):
         self.path = path
 
     def work(self):
-        from restorer import imaging
+        from restorer.io import imaging
 
         image = imaging.load(self.path)
         return image, Pyramid.build(to_display(image.pixels, image.alpha))
@@ -141,54 +146,36 @@ class BatchOutcome:
 
 
 class BatchJob(Job):
-    """The CLI's folder loop (restorer.batch) with per-file signals for the queue table."""
+    """The batch loop (restorer.batch.loop.run_batch) with per-file signals for the queue table."""
 
     itemChanged = Signal(int)  # index into items
 
-    def __init__(self, items: list, steps: list[engine.Step], options: engine.Options, *, fmt: str,
-                 quality: int, parent=None):
+    def __init__(self, items: list, plan: Plan, output: Output, parent=None):
         super().__init__(parent)
-        self.items, self.steps, self.options = items, steps, options
-        self.fmt, self.quality = fmt, quality
+        self.items, self.plan, self.output = items, plan, output
 
     def work(self) -> BatchOutcome:
-        from restorer import batch
+        total = max(1, sum(1 for item in self.items if item.status == "pending"))
+        started = []
 
-        batch.clean_stale_temporaries(self.items)
-        todo = [i for i, item in enumerate(self.items) if item.status == "pending"]
-        cancelled = False
-        for n, index in enumerate(todo):
-            item = self.items[index]
-            if self.cancel_event.is_set():
-                cancelled = True
-                break
-            item.status = "running"
+        def on_item(index: int, item) -> None:
+            if item.status == "running":
+                started.append(index)
+                self.report((len(started) - 1) / total, item.input.name)
             self.itemChanged.emit(index)
 
-            def progress(done: int, total: int, n=n, name=item.input.name) -> None:
-                self.report((n + done / max(total, 1)) / len(todo), f"{name}: tile {done}/{total}")
+        def on_tiles(index: int, done: int, total_tiles: int) -> None:
+            name = self.items[index].input.name
+            self.report((len(started) - 1 + done / max(total_tiles, 1)) / total, f"{name}: tile {done}/{total_tiles}")
 
-            self.report(n / len(todo), item.input.name)
-            ctx = engine.Context(self.options, progress=progress, cancel=self.cancel_event, on_note=self.note.emit)
-            try:
-                batch.process(item, self.steps, ctx, fmt=self.fmt, quality=self.quality, max_pixels=None)
-            except Cancelled:
-                item.status = "cancelled"
-                self.itemChanged.emit(index)
-                cancelled = True
-                break
-            self.itemChanged.emit(index)
-        if cancelled:
-            for index, item in enumerate(self.items):
-                if item.status == "pending":
-                    item.status = "cancelled"
-                    self.itemChanged.emit(index)
-        else:
+        finished = run_batch(self.items, self.plan, self.output, cancel=self.cancel_event, on_item=on_item,
+                             on_tiles=on_tiles, on_note=self.note.emit)
+        if finished:
             self.report(1.0, "done")
         counts: dict[str, int] = {}
         for item in self.items:
             counts[item.status] = counts.get(item.status, 0) + 1
-        return BatchOutcome(self.items, cancelled, counts)
+        return BatchOutcome(self.items, not finished, counts)
 
 
 class DownloadCancelled(Exception):

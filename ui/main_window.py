@@ -10,18 +10,35 @@ import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QImage, QKeySequence
 from PySide6.QtWidgets import (
-    QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-    QMainWindow, QMessageBox, QProgressBar, QPushButton, QScrollArea, QSpinBox, QSplitter, QToolButton,
-    QVBoxLayout, QWidget,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
 )
-
-from restorer import engine, imaging
-from restorer.catalog import Catalog, load_catalog
 from restorer_ui.compare_view import CompareView
 from restorer_ui.imageconv import Pyramid, from_qimage, to_display
 from restorer_ui.jobs import CallJob, Job, LoadJob, RestoreJob, RestoreResult
 from restorer_ui.request_panel import RequestPanel
 from restorer_ui.settings import AppSettings, SettingsDialog
+
+from restorer.io import imaging
+from restorer.plan import request
+from restorer.run.loader import RunnerCache
+from restorer.zoo.catalog import Catalog, load_catalog
 
 OPEN_FILTER = "Images (*.png *.jpg *.jpeg *.jpe *.webp *.tif *.tiff *.bmp);;All files (*)"
 SAVE_FORMATS = ("png", "jpg", "webp", "tiff", "bmp")
@@ -93,6 +110,7 @@ class MainWindow(QMainWindow):
 
         self.settings = settings or AppSettings()
         self.catalog = catalog or load_catalog()
+        self.runners = RunnerCache()  # this session's loaded networks (see start_restore)
         self.source: imaging.Image | None = None
         self.source_path: Path | None = None
         self.result: imaging.Image | None = None
@@ -244,7 +262,7 @@ class MainWindow(QMainWindow):
         menu.addAction(action)
         return action
 
-    def _options(self, **overrides) -> engine.Options:
+    def _options(self, **overrides) -> request.Options:
         return self.settings.options(**overrides)
 
     def _show_device(self) -> None:
@@ -366,11 +384,13 @@ class MainWindow(QMainWindow):
             self.show_error("open a photo first")
             return
         try:
-            steps = self.request.steps()
-        except engine.RequestError as e:
+            plan = self.request.resolve_plan()
+        except request.RequestError as e:
             self.show_error(str(e))
             return
-        job = RestoreJob(self.source, steps, self._options(), self)
+        # The window owns the runners: kept while the plan's models stay, released when they change.
+        self.runners.keep_only({step.model for step in plan.steps})
+        job = RestoreJob(self.source, plan, self.runners, self)
         job.hook(job.progress, self._progress)
         job.hook(job.note, lambda text: self.statusBar().showMessage(text, 10000))
         job.hook(job.succeeded, self._restored)
@@ -520,5 +540,7 @@ class MainWindow(QMainWindow):
                 job.cancel()
         if self.save_job is not None and self.save_job.thread is not None:
             self.save_job.thread.join(timeout=30)  # never leave a half-written file behind
+        if self.job is None:
+            self.runners.clear()
         self.settings.sync()
         super().closeEvent(event)

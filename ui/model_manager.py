@@ -10,29 +10,42 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (
-    QFileDialog, QHBoxLayout, QHeaderView, QLabel, QMessageBox, QProgressBar, QPushButton, QTreeWidget,
-    QTreeWidgetItem, QVBoxLayout, QWidget,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
-
-from restorer import store
-from restorer.catalog import TASKS, Catalog, ModelSpec, human_size, load_catalog
 from restorer_ui.jobs import CallJob
 from restorer_ui.request_panel import TASK_LABELS
 from restorer_ui.settings import AppSettings
+
+from restorer.tasks import TASKS
+from restorer.zoo import download as download_mod
+from restorer.zoo import home as store_home
+from restorer.zoo import install
+from restorer.zoo import layout as store_layout
+from restorer.zoo.catalog import Catalog, ModelSpec, human_size, load_catalog
 
 COLUMNS = ("Model", "State", "Size", "Licence", "Notes")
 ID_ROLE = Qt.ItemDataRole.UserRole
 
 
-# store.state -> what the list shows
+# store_layout.state -> what the list shows
 STATE_LABELS = {"built-in": "built-in", "bundled": "bundled in a package", "unreleased": "never released",
                 "ready": "ready", "installed": "installed", "missing": "not installed"}
 
 
 def model_state(spec: ModelSpec) -> str:
-    state = store.state(spec)
+    state = store_layout.state(spec)
     if state == "onnx":
-        return "installed, ONNX " + "/".join(store.exported_precisions(spec))
+        return "installed, ONNX " + "/".join(store_layout.exported_precisions(spec))
     if state == "missing" and spec.is_pipeline:
         return "needs " + ", ".join(spec.needs)
     if state == "missing" and any(f.browser for f in spec.files):
@@ -42,8 +55,13 @@ def model_state(spec: ModelSpec) -> str:
 
 def device_summary(device: str) -> tuple[str, str]:
     """(the device runs will use, why) for a device setting: read from the onnxruntime
-    that is installed, as restorer.runtime.onnx will choose it."""
-    from restorer.runtime.onnx import CUDA, RuntimeMissing, import_onnxruntime, provider_list
+    that is installed, as restorer.run.onnx will choose it."""
+    from restorer.run.onnx import (
+        CUDA,
+        RuntimeMissing,
+        import_onnxruntime,
+        provider_list,
+    )
 
     try:
         ort = import_onnxruntime()
@@ -187,10 +205,10 @@ class ModelManager(QWidget):
         spec = self.selected()
         busy = self.job is not None
         real = spec is not None and not spec.builtin and not spec.is_pipeline
-        installed = real and store.is_installed(spec)
+        installed = real and store_layout.is_installed(spec)
         self.buttons["download"].setEnabled(not busy and real and spec.released and not installed)
         self.buttons["verify"].setEnabled(not busy and installed)
-        self.buttons["remove"].setEnabled(not busy and real and (installed or bool(store.exported_precisions(spec))))
+        self.buttons["remove"].setEnabled(not busy and real and (installed or bool(store_layout.exported_precisions(spec))))
         self.buttons["export"].setEnabled(not busy and installed)
         self.buttons["add"].setEnabled(not busy)
         self.buttons["cancel"].setEnabled(busy)
@@ -198,7 +216,7 @@ class ModelManager(QWidget):
     def update_device(self) -> None:
         device, why = device_summary(self.settings.device)
         self.device_label.setText(f"<b>Device in use: {html.escape(device)}</b> - {html.escape(why)}<br>"
-                                  f"Models are stored in {html.escape(str(store.home()))}")
+                                  f"Models are stored in {html.escape(str(store_home.home()))}")
 
     # ------------------------------------------------------------ operations
 
@@ -238,7 +256,7 @@ class ModelManager(QWidget):
         if spec is None or self.job is not None:
             return
         catalog = self.catalog
-        self._run(lambda progress: store.download(spec, progress=progress, catalog=catalog),
+        self._run(lambda progress: download_mod.download(spec, progress=progress, catalog=catalog),
                   f"downloading {spec.id}",
                   lambda installed: self._message("installed: " + ", ".join(i for i, _ in installed)))
 
@@ -253,15 +271,15 @@ class ModelManager(QWidget):
         spec = self.selected()
         catalog = self.catalog
         # A chosen model that is not installed is a hint; otherwise the file's tensors decide.
-        hint = spec.id if spec is not None and not spec.builtin and not store.is_installed(spec) else None
+        hint = spec.id if spec is not None and not spec.builtin and not store_layout.is_installed(spec) else None
 
         def add(progress):
             try:
-                return store.add(path, hint, catalog=catalog)
-            except store.StoreError:
+                return install.add(path, hint, catalog=catalog)
+            except store_layout.StoreError:
                 if hint is None:
                     raise
-                return store.add(path, None, catalog=catalog)
+                return install.add(path, None, catalog=catalog)
 
         def done(result):
             text = "installed: " + ", ".join(f"{i} ({p.name})" for i, p in result.installed)
@@ -282,7 +300,7 @@ class ModelManager(QWidget):
             else:
                 self._message(f"{spec.id}: every file is sound")
 
-        self._run(lambda progress: store.verify(spec), f"verifying {spec.id}", done)
+        self._run(lambda progress: install.verify(spec), f"verifying {spec.id}", done)
 
     def ask(self, title: str, question: str) -> bool:
         answer = QMessageBox.question(self, title, question)
@@ -295,7 +313,7 @@ class ModelManager(QWidget):
         if not self.ask("Remove model?", f"Delete the files and exports of {spec.id}?"):
             return
         try:
-            removed = store.remove(spec)
+            removed = install.remove(spec)
         except OSError as e:
             self._message(f"could not remove {spec.id}: {e}", error=True)
             return
@@ -311,9 +329,9 @@ class ModelManager(QWidget):
 
         def export(progress):
             try:
-                from restorer.export import export_model  # imports torch: only here, in the worker
+                from restorer.convert.export import export_model
             except ImportError:
-                raise store.StoreError(f"exporting needs PyTorch, which this install lacks: pip install "
+                raise store_layout.StoreError(f"exporting needs PyTorch, which this install lacks: pip install "
                                        f"'restorer[torch]' then run: restorer-cli models export {spec.id}") from None
             return export_model(spec, progress=lambda message: holder["job"].note.emit(message))
 

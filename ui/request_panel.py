@@ -9,12 +9,24 @@ from typing import Callable
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QStandardItemModel
 from PySide6.QtWidgets import (
-    QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-    QRadioButton, QSpinBox, QVBoxLayout, QWidget,
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 
-from restorer import engine
-from restorer.catalog import TASKS, Catalog, load_catalog
+from restorer.plan import request
+from restorer.tasks import TASKS
+from restorer.zoo.catalog import Catalog, load_catalog
 
 TASK_LABELS = {
     "denoise": "Remove noise", "deblur": "Remove blur", "derain": "Remove rain", "dehaze": "Remove haze",
@@ -29,7 +41,7 @@ STRENGTH_TASKS = ("denoise", "dehaze", "lowlight", "superres")  # the built-in o
 class RequestPanel(QWidget):
     planChanged = Signal(bool)  # True when the current request resolves to steps
 
-    def __init__(self, options: Callable[..., engine.Options], catalog: Catalog | None = None, parent=None):
+    def __init__(self, options: Callable[..., request.Options], catalog: Catalog | None = None, parent=None):
         super().__init__(parent)
         self.options = options  # settings -> Options, called with scale=
         self.catalog = catalog or load_catalog()
@@ -181,7 +193,7 @@ class RequestPanel(QWidget):
         self.model.addItem("Best installed (automatic)", AUTO)
         items: QStandardItemModel = self.model.model()
         for spec in self.catalog.for_task(task):
-            ready = engine.installed(spec)
+            ready = request.installed(spec)
             label = f"Built-in: {spec.title}" if spec.builtin else f"{spec.title} [{spec.id}]"
             if spec.non_commercial:
                 label += " (non-commercial)"
@@ -220,13 +232,13 @@ class RequestPanel(QWidget):
 
     # ------------------------------------------------------------ resolving
 
-    def steps(self) -> list[engine.Step]:
-        """The steps the current request resolves to; raises engine.RequestError."""
+    def resolve_plan(self) -> request.Plan:
+        """The plan the current request resolves to (the CLI's dispatch); raises request.RequestError."""
         if self.mode == "instruction":
             text = self.instruction.text().strip()
             if not text:
-                raise engine.RequestError("type what is wrong with the photo, e.g. \"it is noisy and blurry\"")
-            return engine.resolve_instruction(text, self.options(), self.catalog)
+                raise request.RequestError("type what is wrong with the photo, e.g. \"it is noisy and blurry\"")
+            return request.plan_request(self.options(), instruction=text, catalog=self.catalog)
         task = self.task.currentData()
         scale = self.scale.currentData() if task == "superres" else None
         options = self.options(scale=scale)
@@ -234,14 +246,14 @@ class RequestPanel(QWidget):
         options.extra.update(extra)
         model = self.model.currentData()
         if model:
-            return [engine.resolve_model(model, options, self.catalog)]
-        return [engine.resolve_task(task, options, self.catalog)]
+            return request.plan_request(options, model=model, catalog=self.catalog)
+        return request.plan_request(options, task=task, catalog=self.catalog)
 
     def update_plan(self) -> None:
         self._timer.stop()
         try:
-            steps = self.steps()
-        except engine.RequestError as e:
+            steps = self.resolve_plan().steps
+        except request.RequestError as e:
             self.ok = False
             self.plan.setText(f'<span style="color:#c0392b">{html.escape(str(e))}</span>')
         except Exception as e:  # a planner bug must not take the window down

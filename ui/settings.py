@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QLineEdit, QSpinBox, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLineEdit,
+    QSpinBox,
+    QWidget,
 )
 
-from restorer import engine
+from restorer.plan import request
 
 DEVICES = ("auto", "cuda", "cpu")
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tiff")
@@ -91,8 +98,8 @@ class AppSettings:
         items = [path] + [p for p in self.recent if p != path]
         self.store.setValue("recent", items[:MAX_RECENT])
 
-    def options(self, **overrides) -> engine.Options:
-        return engine.Options(device=self.device, tile=self.tile or None, **overrides)
+    def options(self, **overrides) -> request.Options:
+        return request.Options(device=self.device, tile=self.tile or None, **overrides)
 
     def sync(self) -> None:
         self.store.sync()

@@ -3,7 +3,7 @@ by their tensor names, strictly, without depending on transformers.
 
 It exists for InstructIR's sentence encoder (TaylorAI/bge-micro-v2: 3 layers, hidden 384,
 12 heads), which is exported to ONNX once at install time (`export_text_encoder`) and run
-torch-free by restorer.text_encoder.TextEncoder at restore time. `sentence_embedding` is the
+torch-free by restorer.pipelines.text_encoder.TextEncoder at restore time. `sentence_embedding` is the
 PyTorch reference of what TextEncoder computes: masked mean pooling of the last hidden state,
 then L2 normalisation (the pooling InstructIR uses for bge-micro-v2; not the [CLS] vector).
 
@@ -13,7 +13,6 @@ only (no cross-attention, no cache). Dropout is omitted: the encoder is only eve
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -230,37 +229,4 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def export_bert_onnx(model: BertModel, path: str | os.PathLike) -> Path:
-    """Export to ONNX (opset 18, written atomically): inputs "input_ids" and "attention_mask"
-    (int64 [batch, sequence], both dynamic), output "last_hidden_state" [batch, sequence, hidden].
 
-    The file's metadata records max_length (the position table size, the most tokens it takes)
-    and pad_token_id, which TextEncoder reads.
-    """
-    from restorer.export import write_onnx
-
-    example = {
-        "input_ids": torch.tensor([[1, 2, 3], [1, 2, 0]], dtype=torch.int64),
-        "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.int64),
-    }
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    sequence = torch.export.Dim("sequence", min=1, max=model.max_position_embeddings)
-    shapes = {name: {0: batch, 1: sequence} for name in example}
-    metadata = {"max_length": model.max_position_embeddings, "pad_token_id": model.pad_token_id}
-    return write_onnx(model, example, path, shapes, ["last_hidden_state"], metadata=metadata)
-
-
-def export_text_encoder(
-    weights_path: str | os.PathLike,
-    config: dict | str | os.PathLike,
-    onnx_path: str | os.PathLike,
-) -> Path:
-    """Install step: a Hugging Face BERT checkpoint (model.safetensors or pytorch_model.bin;
-    fp16 is upcast) -> the ONNX file restorer.text_encoder.TextEncoder runs.
-
-    `config` is the constructor kwargs (a catalog entry's hparams) or a config.json path.
-    """
-    if not isinstance(config, dict):
-        config = config_from_hf(json.loads(Path(config).read_text()))
-    model = load_bert(read_weights(weights_path), **config)
-    return export_bert_onnx(model, onnx_path)

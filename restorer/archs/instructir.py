@@ -10,7 +10,7 @@ Two released networks, two classes:
   (Linear on the projected feature). It returns (embedding, logits).
 
 The sentence encoder in front of the head (a BERT) lives in restorer.archs.bert and, torch-free,
-in restorer.text_encoder.
+in restorer.pipelines.text_encoder.
 
 The official forward zero-pads the image on the right/bottom to a multiple of
 2 ** len(enc_blk_nums) and crops the output back; this module does the same inside forward,
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restorer.text_encoder import DEGRADATION_CLASSES  # noqa: F401  (re-exported; defined torch-free)
+from restorer.pipelines.text_encoder import DEGRADATION_CLASSES  # noqa: F401  (re-exported; defined torch-free)
 
 
 class LayerNorm2d(nn.Module):
@@ -192,17 +192,3 @@ def load_language_head(path: str | Path) -> LanguageHead:
     head.load_state_dict(weights, strict=True)
     return head.eval()
 
-
-def export_language_head(head: LanguageHead, path: str | Path) -> Path:
-    """Export the head to ONNX: input "sentence_embedding" [B, embedding_dim], outputs
-    "embedding" [B, hidden_dim] and "logits" [B, num_classes], batch dynamic.
-
-    The restore-time path (restorer.text_encoder.InstructionEncoder) reads the outputs by
-    position, so a head exported by the generic restorer.export.export_onnx works as well.
-    """
-    from restorer.export import write_onnx
-
-    sample = torch.zeros(2, head.fc1.in_features)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    return write_onnx(head, {"sentence_embedding": sample}, path, {"sentence_embedding": {0: batch}},
-                      ["embedding", "logits"])

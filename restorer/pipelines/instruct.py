@@ -11,7 +11,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from restorer.catalog import ModelSpec, load_catalog
+from restorer.pipelines.text_encoder import (
+    LanguageHeadRunner,
+    TextEncoder,
+    instruction_embedding,
+)
+from restorer.zoo import layout
+from restorer.zoo.catalog import ModelSpec, load_catalog
 
 
 def _needed(spec: ModelSpec, arch: str) -> ModelSpec:
@@ -24,11 +30,9 @@ def _needed(spec: ModelSpec, arch: str) -> ModelSpec:
 
 
 def _onnx(spec: ModelSpec) -> str:
-    from restorer import store
-
-    path = store.onnx_path(spec)
+    path = layout.onnx_path(spec)
     if not path.is_file():
-        from restorer.export import export_model  # needs torch, once
+        from restorer.convert.export import export_model
 
         export_model(spec)
     return str(path)
@@ -36,21 +40,16 @@ def _onnx(spec: ModelSpec) -> str:
 
 @lru_cache(maxsize=2)
 def _encoders(model_id: str):
-    from restorer import store
-    from restorer.text_encoder import LanguageHeadRunner, TextEncoder
-
     spec = load_catalog().get(model_id)
     encoder_spec = _needed(spec, "BertModel")
     tokenizer = next(f.name for f in encoder_spec.files if f.name.endswith("tokenizer.json"))
-    encoder = TextEncoder(_onnx(encoder_spec), store.model_dir(encoder_spec) / tokenizer)
+    encoder = TextEncoder(_onnx(encoder_spec), layout.model_dir(encoder_spec) / tokenizer)
     head = LanguageHeadRunner(_onnx(_needed(spec, "InstructIRLMHead")))
     return encoder, head
 
 
 def instruction_inputs(step) -> dict[str, np.ndarray]:
     """{"embedding": [1, dim]} for an InstructIR step, from step.prompt (the user's words)."""
-    from restorer.text_encoder import instruction_embedding
-
     encoder, head = _encoders(step.model)
     embedding, _logits = instruction_embedding(step.prompt, encoder, head)
     return {"embedding": np.asarray(embedding, dtype=np.float32)}

@@ -28,6 +28,14 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from restorer.pipelines.faces import (  # noqa: F401  (landmarks: used by tests)
+    FacesUnavailable,
+    find_faces,
+    landmarks_from_68,
+    rgb,
+)
+from restorer.zoo.catalog import load_catalog
+
 Net = Callable[..., np.ndarray]
 
 SCRATCH_THRESHOLD = 0.4  # detection.py: sigmoid(logit) >= 0.4 is a scratch
@@ -42,19 +50,14 @@ FACE_SCALE = 1.3  # target_face_scale of the official alignment
 # ---- sizes and resampling ----
 
 
+MIN_SIDE = 32  # the smallest side the pipeline's networks take; see run()
+
+
 def round_to_multiple(value: float, multiple: int) -> int:
     """int(round(value / multiple) * multiple), with Python's half-to-even round, as run.py."""
     return int(round(value / multiple) * multiple)
 
 
-def rgb(img: np.ndarray) -> np.ndarray:
-    """H x W x 3 float32: gray is repeated, alpha is dropped (PIL convert('RGB') drops it too)."""
-    img = np.asarray(img, dtype=np.float32)
-    if img.ndim == 2:
-        img = img[:, :, None]
-    if img.shape[2] == 1:
-        return np.repeat(img, 3, axis=2)
-    return np.ascontiguousarray(img[:, :, :3])
 
 
 def resize(img: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
@@ -213,12 +216,6 @@ def face_template(size: int) -> np.ndarray:
     return (unit + 1) / 2 * size
 
 
-def landmarks_from_68(points: np.ndarray) -> np.ndarray:
-    """dlib's 68 points -> the official 5 (integer eye centres, nose tip, mouth corners)."""
-    p = np.asarray(points, dtype=np.int64)
-    left = (p[36] + p[39]) // 2
-    right = (p[42] + p[45]) // 2
-    return np.stack([left, right, p[30], p[48], p[54]]).astype(np.float64)
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -319,45 +316,19 @@ PARTS = {
 
 
 class _Parts:
-    """The pipeline's networks, loaded on first use, as NCHW numpy callables: a part's (or
-    its sub-graph's) ONNX export when `restorer-cli models export oldphoto` made one, else
-    eager PyTorch on its weights."""
+    """The pipeline's networks as NCHW numpy callables, from the batch's runner cache: a
+    part's (or its sub-graph's) ONNX export when `restorer-cli models export oldphoto` made
+    one, else eager PyTorch on its weights. The stages feed [-1, 1] images and latents
+    themselves, so the runners are raw (no value-range mapping)."""
 
-    def __init__(self, device: str):
-        self.device = device
-        self._modules = {}
-        self._nets = {}
+    def __init__(self, ctx):
+        self.ctx = ctx
         self.ran: dict[str, str] = {}  # backend -> provider, of every network that ran
         self.notes: list[str] = []
 
-    def module(self, key: str):
-        if key not in self._modules:
-            from restorer import store
-            from restorer.catalog import load_catalog
-
-            self._modules[key] = store.load_model(load_catalog().get(PARTS[key]))
-        return self._modules[key]
-
     def net(self, key: str, part: str | None = None) -> Net:
-        if (key, part) in self._nets:
-            return self._nets[key, part]
-        from restorer import store
-        from restorer.catalog import load_catalog
-        from restorer.runtime.base import RunnerInfo
-
         spec = load_catalog().get(PARTS[key])
-        path = store.onnx_path(spec, "fp32", part)
-        if path.is_file():
-            from restorer.runtime.onnx import OnnxRunner
-
-            # identity value ranges: the stages feed [-1, 1] images and latents themselves
-            runner = OnnxRunner(path, RunnerInfo(spec.id, "", ""), device=self.device)
-        else:
-            from restorer.runtime.torch import TorchRunner
-
-            module = self.module(key)
-            module = getattr(module, part) if part else module
-            runner = TorchRunner(module, RunnerInfo(spec.id, "torch", ""), device=self.device)
+        runner = self.ctx.cache.network(spec, self.ctx.device, part=part, raw=True)
         self.ran[runner.info.backend] = runner.info.provider
         self.notes += [n for n in runner.info.notes if n not in self.notes]
 
@@ -365,7 +336,6 @@ class _Parts:
             return runner(x) if mask is None else runner(x, mask=mask)
 
         call.provider = runner.info.provider
-        self._nets[key, part] = call
         return call
 
     def describe(self, report) -> None:
@@ -397,8 +367,6 @@ def run(step, image, ctx, report):
         report.stages.append({"stage": name, "backend": backend, "seconds": round(time.perf_counter() - start, 3), **more})
 
     if step.model != "oldphoto":
-        from restorer.runtime.builtin import builtin_runner
-
         report.runner, report.provider = "builtin", "numpy"
         t = time.perf_counter()
         mask = classical_scratch_mask(img) if scratches != "no" else np.zeros((height, width), bool)
@@ -407,14 +375,18 @@ def run(step, image, ctx, report):
         t = time.perf_counter()
         out = img
         if mask.any():
-            filled = builtin_runner("inpaint")(nchw(img) * 0.5 + 0.5, mask=mask.astype(np.float32)[None, None])
+            filled = ctx.cache.builtin("builtin:inpaint")(nchw(img) * 0.5 + 0.5, mask=mask.astype(np.float32)[None, None])
             out = np.clip(filled[0].transpose(1, 2, 0), 0, 1)
         stage("inpaint", "builtin:inpaint", t)
         report.notes.append("old-photo networks not installed: classical scratch detection and inpainting only "
                             "(restorer-cli models info oldphoto)")
         return image.with_pixels(_like_input(out, src))
 
-    parts = _Parts(ctx.options.device)
+    # The networks need sides of at least MIN_SIDE (the scratch detector's, restorer.archs.ARCHS):
+    # a smaller photo is padded up (edge pixels repeated) and the result cropped back.
+    img = np.pad(img, ((0, max(0, MIN_SIDE - height)), (0, max(0, MIN_SIDE - width)), (0, 0)), mode="edge")
+    padded_h, padded_w = img.shape[:2]
+    parts = _Parts(ctx)
     mask = None
     work = img
     if scratches != "no":
@@ -440,7 +412,8 @@ def run(step, image, ctx, report):
         original = resize(img, restored.shape[0], restored.shape[1], cv2.INTER_CUBIC)
         restored = _faces(restored, original, parts, hr, ctx, report, stage)
     parts.describe(report)
-    return image.with_pixels(_like_input(resize(restored, height, width, cv2.INTER_CUBIC), src))
+    restored = resize(restored, padded_h, padded_w, cv2.INTER_CUBIC)[:height, :width]
+    return image.with_pixels(_like_input(restored, src))
 
 
 def _faces(img: np.ndarray, original: np.ndarray, parts: _Parts, hr: bool, ctx, report, stage) -> np.ndarray:
@@ -449,7 +422,6 @@ def _faces(img: np.ndarray, original: np.ndarray, parts: _Parts, hr: bool, ctx, 
     HOG detector)."""
     import time
 
-    from restorer.faces import FacesUnavailable, find_faces
 
     t = time.perf_counter()
     try:

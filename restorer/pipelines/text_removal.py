@@ -1,7 +1,7 @@
 """Scene-text removal: find the text, mask it, fill the mask, touch nothing else.
 
 Stages:
-1. text boxes: given, or found by restorer.text_detect (a detector bundled in a package);
+1. text boxes: given, or found by restorer.pipelines.text_detect (a detector bundled in a package);
 2. the box mask, drawn as GaRNet is trained with (filled quadrilaterals, 1 = text), grown
    by `dilate` pixels; a caller may pass its own mask instead;
 3. the fill: GaRNet (or any network with its calling convention) runs at the image's own
@@ -16,7 +16,7 @@ A network here is any callable `net(image, mask=mask) -> output` on NCHW float32
 image N x 3 x H x W RGB in [0, 1], mask N x 1 x H x W with 1.0 on text, output N x 3 x H x W
 in [0, 1]. That is the Runner convention: a TorchRunner or OnnxRunner built from the
 catalog entry (input and output range [-1, 1], extra input "mask") is such a callable, and
-so is the built-in inpainting operator (restorer.runtime.builtin.MaskInpainter), which
+so is the built-in inpainting operator (restorer.run.builtin.MaskInpainter), which
 fills the mask when no network is given. Each window is run as a batch of one, the
 setting GaRNet was trained and tested in.
 """
@@ -29,7 +29,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from restorer.text_detect import boxes_to_mask, detect_text
+from restorer.pipelines.text_detect import boxes_to_mask, detect_text
+from restorer.zoo.catalog import load_catalog
 
 DEFAULT_DILATE = 2  # pixels the box mask is grown by: catches anti-aliased stroke edges
 PAD_MULTIPLE = 32  # GaRNet's total stride
@@ -41,7 +42,7 @@ Net = Callable[..., np.ndarray]
 
 def default_inpaint() -> Net:
     """The built-in inpainting operator (Telea's fast marching, float32)."""
-    from restorer.runtime.builtin import builtin_runner
+    from restorer.run.builtin import builtin_runner
 
     return builtin_runner("inpaint")
 
@@ -192,7 +193,7 @@ def remove_text(
     if net is not None:
         # GaRNet needs multiples of 32 whatever a runner declares; a larger declared
         # multiple is honoured too.
-        multiple = pad_multiple or math.lcm(PAD_MULTIPLE, int(getattr(net, "pad_multiple", 1) or 1))
+        multiple = pad_multiple or math.lcm(PAD_MULTIPLE, net.needs.pad_multiple if hasattr(net, "needs") else 1)
         windows = text_windows(mask_used, multiple)
         fill = _run_windows(np.ascontiguousarray(rgb), mask_used, net, windows, multiple)
         stages["windows"] = windows
@@ -221,7 +222,7 @@ def run(step, image, ctx, report):
     """
     import time
 
-    from restorer import imaging
+    from restorer.io import imaging
 
     opts = step.options
     pixels = image.pixels
@@ -245,12 +246,9 @@ def run(step, image, ctx, report):
                               "boxes": len(boxes), "seconds": round(time.perf_counter() - t0, 3)})
     net = None
     if step.model != "builtin:inpaint":
-        from restorer import store
-        from restorer.catalog import load_catalog
 
-        net = store.runner(load_catalog().get(step.model), device=ctx.options.device)
-        report.runner, report.provider = net.info.backend, net.info.provider
-        report.notes.extend(net.info.notes)
+        net = ctx.cache.network(load_catalog().get(step.model), ctx.device)
+        report.ran(net)
     else:
         report.runner, report.provider = "builtin", "numpy"
     t1 = time.perf_counter()

@@ -114,7 +114,7 @@ class GlobalVAE(nn.Module):
 
 # The sub-graphs restorer.export writes on their own (onnx/<id>.<part>.<precision>.onnx):
 # the pipeline runs VAE_A's encoder and VAE_B's decoder, never a whole VAE.
-EXPORT_PARTS = {"OldPhotoVAE": ("encoder", "decoder")}
+
 
 
 def example_inputs(hparams: dict, tile: int, part: str | None = None) -> dict[str, torch.Tensor]:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 import os
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Protocol
 
 import numpy as np
 
-from restorer.runtime.base import OutOfMemory, Runner
+from restorer.run.runner import OutOfMemory, Runner
 
 MIN_TILE = 32
 MAX_AUTO_TILE = 1024
@@ -91,27 +91,40 @@ def tile_window(height: int, width: int, inner: tuple[bool, bool, bool, bool], m
     return win
 
 
-def reflect_pad_to(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
-    """Reflect-pad an NCHW batch at the bottom/right so H and W are multiples."""
+def padding_for(length: int, multiple: int, min_side: int = 1) -> int:
+    """How much to add to a side so it is a multiple of `multiple` and at least `min_side`."""
+    multiple = max(1, multiple)
+    target = max(length, min_side)
+    return -(-target // multiple) * multiple - length
+
+
+def _pad_mode(h: int, w: int) -> str:
+    return "reflect" if min(h, w) > 1 else "edge"  # a 1-pixel side has nothing to reflect
+
+
+def reflect_pad_to(batch: np.ndarray, multiple: int, min_side: int = 1) -> tuple[np.ndarray, int, int]:
+    """Reflect-pad an NCHW batch at the bottom/right so H and W are multiples of `multiple`
+    and at least `min_side` (a crop smaller than what the network accepts is padded up)."""
     h, w = batch.shape[2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    ph, pw = padding_for(h, multiple, min_side), padding_for(w, multiple, min_side)
     if ph or pw:
-        batch = np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > 1 else "edge")
+        batch = np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=_pad_mode(h, w))
     return batch, h, w
 
 
 def run_runner(runner: Runner, patch: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """One HxWxC patch through a runner: pad to its multiple, run, crop back."""
+    needs = runner.needs
     batch = np.ascontiguousarray(patch.transpose(2, 0, 1)[None], dtype=np.float32)
-    padded, h, w = reflect_pad_to(batch, max(1, runner.pad_multiple))
+    padded, h, w = reflect_pad_to(batch, needs.pad_multiple, needs.min_side)
     extra_padded = {}
     for name, value in (extra or {}).items():
         if value.ndim == 3 and value.shape[:2] == patch.shape[:2]:  # a per-pixel input (mask)
             value = reflect_pad_to(np.ascontiguousarray(value.transpose(2, 0, 1)[None], dtype=np.float32),
-                                   max(1, runner.pad_multiple))[0]
+                                   needs.pad_multiple, needs.min_side)[0]
         extra_padded[name] = value
     out = runner(padded, **extra_padded)
-    s = runner.scale
+    s = needs.scale
     expected = (padded.shape[2] * s, padded.shape[3] * s)
     if out.shape[2:] != expected:
         raise RuntimeError(
@@ -158,12 +171,12 @@ def _free_vram() -> int | None:
 
 def auto_tile(runner: Runner, free_bytes: int | None = None) -> int:
     """The largest tile (a multiple of the runner's pad multiple) that fits in half the free memory."""
-    if runner.preferred_tile:
-        return runner.preferred_tile
+    needs = runner.needs
+    if needs.fixed_tile or needs.preferred_tile:
+        return needs.fixed_tile or needs.preferred_tile
     free = free_bytes if free_bytes is not None else free_memory_bytes(runner.info.provider)
-    per_pixel = getattr(runner, "bytes_per_pixel", 40_000)
-    side = int(math.sqrt(max(free // 2, 1) / per_pixel))
-    multiple = max(1, runner.pad_multiple)
+    side = int(math.sqrt(max(free // 2, 1) / needs.bytes_per_pixel))
+    multiple = max(1, needs.pad_multiple)
     side = max(MIN_TILE, min(MAX_AUTO_TILE, side))
     return max(multiple, side - side % multiple)
 
@@ -185,27 +198,29 @@ def run_tiled(
     `extra` holds extra network inputs: arrays shaped like the image (HxWxK, e.g. a mask)
     are cut into tiles with it; anything else (a text embedding) is passed whole.
     """
-    if runner.whole_image:
+    needs = runner.needs
+    if needs.whole_image:
         _check_cancel(cancel)
         out = run_runner(runner, pixels, extra)
         if progress:
             progress(1, 1)
         return out
-    # Pad the whole image to the runner's multiple first, as the official test procedures
-    # do, so border tiles see the same reflected border as a whole-image run; crop at the end.
-    multiple = max(1, runner.pad_multiple)
+    # Pad the whole image to the runner's multiple (and up to its smallest input) first, as
+    # the official test procedures do, so border tiles see the same reflected border as a
+    # whole-image run; crop at the end.
+    multiple = max(1, needs.fixed_tile or needs.pad_multiple)
     orig_h, orig_w, _ = pixels.shape
-    pixels = _pad_image(pixels, multiple)
-    extra = {k: _pad_image(v, multiple) if _is_per_pixel(v, (orig_h, orig_w)) else v
+    pixels = _pad_image(pixels, multiple, needs.min_side)
+    extra = {k: _pad_image(v, multiple, needs.min_side) if _is_per_pixel(v, (orig_h, orig_w)) else v
              for k, v in (extra or {}).items()}
     h, w, _ = pixels.shape
-    s = runner.scale
-    overlap = runner.overlap if overlap is None else overlap
-    # A runner may declare the sizes its tiles must have (e.g. CGNet: multiples of 16, else
-    # its own zero padding lands inside the image; at least 64 px): tile_multiple, min_tile.
-    tile_multiple = math.lcm(multiple, max(1, getattr(runner, "tile_multiple", 1)))
-    min_tile = max(min_tile, getattr(runner, "min_tile", 0))
-    tile = tile or auto_tile(runner)
+    s = needs.scale
+    overlap = needs.overlap if overlap is None else overlap
+    # The sizes tiles must have (e.g. CGNet: multiples of 16, else its own zero padding lands
+    # inside the image; at least 64 px), from the runner's declared needs.
+    tile_multiple = math.lcm(multiple, max(1, needs.tile_multiple))
+    min_tile = max(min_tile, needs.min_side)
+    tile = needs.fixed_tile or tile or auto_tile(runner)
     tile = max(tile, min_tile, 4 * overlap + 1) if max(h, w) > tile else tile
     tile = max(multiple, tile - tile % multiple)
     if tile_multiple > multiple:
@@ -269,12 +284,12 @@ def _is_per_pixel(value: np.ndarray, shape: tuple[int, int]) -> bool:
     return value.ndim == 3 and value.shape[:2] == shape
 
 
-def _pad_image(img: np.ndarray, multiple: int) -> np.ndarray:
+def _pad_image(img: np.ndarray, multiple: int, min_side: int = 1) -> np.ndarray:
     h, w = img.shape[:2]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    ph, pw = padding_for(h, multiple, min_side), padding_for(w, multiple, min_side)
     if not (ph or pw):
         return img
-    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=_pad_mode(h, w))
 
 
 def _cut_extra(extra: dict[str, np.ndarray] | None, t: Tile, shape: tuple[int, int]) -> dict[str, np.ndarray] | None:

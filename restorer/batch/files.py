@@ -1,22 +1,20 @@
-"""Files and folders: discovery, output naming, skip/overwrite, and one file at a time.
+"""Files and folders: discovery, output naming, skip/overwrite, temporaries.
 
 Rules that protect the user's files:
 - an output never replaces an input (the file is refused, named, and the batch goes on);
 - an existing output is skipped unless overwrite is asked for, so a rerun after an
   interruption picks up where it stopped;
-- images are written atomically by restorer.imaging.save; temporary files left by a run
+- images are written atomically by restorer.io.imaging.save; temporary files left by a run
   that was killed are removed at the start of the next run into the same folder.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from restorer import imaging
-from restorer.engine import Context, Step, restore
+from restorer.io import imaging
 
 IMAGE_SUFFIXES = set(imaging.EXTENSIONS)
 
@@ -102,50 +100,3 @@ def refuse_overwriting_inputs(items: list[Item]) -> None:
             item.status = "failed"
             item.error = (f"the output would overwrite an input ('{item.output}'); "
                           "choose another -o folder or a --suffix")
-
-
-def process(
-    item: Item,
-    steps: list[Step],
-    ctx: Context,
-    *,
-    fmt: str,
-    quality: int,
-    max_pixels: int | None,
-    save_intermediates: bool = False,
-) -> None:
-    """Restore one file into item.output; errors are recorded on the item, never raised."""
-    start = time.perf_counter()
-    try:
-        image = imaging.load(item.input, max_pixels=max_pixels)
-        item.notes.extend(image.meta.notes)
-        ctx.stage_images = {}
-        result, reports = restore(image, steps, ctx)
-        item.steps = [r.as_dict() for r in reports]
-        out_fmt = image.meta.format if fmt == "same" else fmt
-        out_fmt = imaging.format_of(item.output) or out_fmt
-        if image.meta.bit_depth == 16 and out_fmt not in imaging.SIXTEEN_BIT_FORMATS:
-            item.notes.append(f"16-bit input written as 8-bit {out_fmt}")
-        if save_intermediates:
-            for stage, pixels in ctx.stage_images.items():
-                stage_path = item.output.with_name(f"{item.output.stem}.{stage}.png")
-                stage_meta = imaging.ImageMeta(format="png", bit_depth=8, gray=pixels.shape[2] == 1)
-                imaging.save(imaging.Image(pixels, None, stage_meta), stage_path, format="png")
-        imaging.save(result, item.output, format=out_fmt, quality=quality)
-        item.status = "done"
-    except imaging.ImageReadError as e:
-        item.status, item.error = "failed", str(e)
-    except imaging.ImageWriteError as e:
-        item.status, item.error = "failed", str(e)
-    except MemoryError:
-        item.status, item.error = "failed", f"'{item.input}': out of memory (try a smaller --tile)"
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as e:  # a failing network or pipeline: report it with the file's name
-        from restorer.tiles import Cancelled
-
-        if isinstance(e, Cancelled):
-            raise
-        item.status, item.error = "failed", f"'{item.input}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    finally:
-        item.seconds = time.perf_counter() - start

@@ -31,12 +31,10 @@ DEGRADATION_CLASSES = ("noise", "blur", "rain", "haze", "lol", "sr", "en")
 DEFAULT_MAX_LENGTH = 512  # BERT's position table, when the ONNX file does not say
 
 
-def _session(path: str | os.PathLike, providers: Sequence[str] | None):
-    import onnxruntime as ort
+def _session(path: str | os.PathLike, device: str):
+    from restorer.run.onnx import create_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+    return create_session(path, device).session
 
 
 def mean_pool_normalize(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -63,11 +61,11 @@ class TextEncoder:
         tokenizer_json_path: str | os.PathLike,
         *,
         max_length: int | None = None,
-        providers: Sequence[str] | None = None,
+        device: str = "cpu",
     ):
         from tokenizers import Tokenizer
 
-        self.session = _session(onnx_path, providers)
+        self.session = _session(onnx_path, device)
         self.input_names = [i.name for i in self.session.get_inputs()]
         missing = {"input_ids", "attention_mask"} - set(self.input_names)
         if missing:
@@ -115,8 +113,8 @@ class LanguageHeadRunner:
     (embedding [n, 256], logits [n, 7]). Outputs are read by position, so an export with
     other output names works too."""
 
-    def __init__(self, onnx_path: str | os.PathLike, *, providers: Sequence[str] | None = None):
-        self.session = _session(onnx_path, providers)
+    def __init__(self, onnx_path: str | os.PathLike, *, device: str = "cpu"):
+        self.session = _session(onnx_path, device)
         self.input_name = self.session.get_inputs()[0].name
         if len(self.session.get_outputs()) != 2:
             raise ValueError(f"{onnx_path}: expected the two outputs (embedding, logits) of the language head")

@@ -1,4 +1,6 @@
-"""ONNX Runtime sessions: an explicit provider list, CUDA first, CPU fallback with one warning.
+"""ONNX Runtime sessions: the one place restorer creates them (runners, the text detector and
+encoder, export parity checks). An explicit provider list, CUDA first, CPU fallback with one
+warning, and the guard against a broken onnxruntime + onnxruntime-gpu install.
 
 onnxruntime lists CUDAExecutionProvider as available even on a machine without a GPU or
 CUDA libraries, and then silently creates a CPU session; so the provider that actually
@@ -9,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from restorer.runtime.base import NetworkRunner, OutOfMemory, RunnerInfo
+from restorer.archs.requirements import Requirements
+from restorer.run.runner import NetworkRunner, OutOfMemory, RunnerInfo
 
 log = logging.getLogger("restorer")
 
@@ -64,8 +68,14 @@ def provider_list(device: str, available: list[str]) -> tuple[list[str], str | N
     return [CPU], reason if device == "cuda" else None
 
 
-def create_session(path: str | Path, device: str = "auto"):
-    """An InferenceSession on the best provider for `device`; returns (session, provider, note)."""
+class Session(NamedTuple):
+    session: object  # onnxruntime.InferenceSession
+    provider: str  # the provider that actually runs
+    note: str | None  # why CUDA was asked for and not used
+
+
+def create_session(path: str | Path, device: str = "auto") -> Session:
+    """An InferenceSession on the best provider for `device`."""
     ort = import_onnxruntime()
     providers, reason = provider_list(device, ort.get_available_providers())
     options = ort.SessionOptions()
@@ -83,7 +93,7 @@ def create_session(path: str | Path, device: str = "auto"):
         reason = reason or "the CUDA provider could not start (no GPU or CUDA libraries found)"
         note = f"CUDA unavailable: {reason}; running on CPU"
         log.warning(note)
-    return session, actual, note
+    return Session(session, actual, note)
 
 
 def is_oom(error: Exception) -> bool:
@@ -96,12 +106,18 @@ def is_oom(error: Exception) -> bool:
 class OnnxRunner(NetworkRunner):
     """Runs an exported .onnx model; the image input is the session's first input."""
 
-    def __init__(self, path: str | Path, info: RunnerInfo, *, device: str = "auto", **kwargs):
+    def __init__(self, path: str | Path, info: RunnerInfo, needs: Requirements, *, device: str = "auto",
+                 fixed_inputs: dict[str, np.ndarray] | None = None):
         session, provider, note = create_session(path, device)
         info.backend, info.provider = "onnx", provider
         if note:
             info.notes.append(note)
-        super().__init__(info, **kwargs)
+        shape = session.get_inputs()[0].shape
+        if len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int):
+            # A fixed-size export: every tile is padded up to exactly that size.
+            needs = needs.with_(fixed_tile=shape[2])
+            info.notes.append(f"exported at a fixed {shape[2]}x{shape[3]} tile")
+        super().__init__(info, needs, fixed_inputs)
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
 
@@ -120,3 +136,6 @@ class OnnxRunner(NetworkRunner):
             if is_oom(e):
                 raise OutOfMemory(str(e).splitlines()[0]) from e
             raise
+
+    def close(self) -> None:
+        self.session = None  # ONNX Runtime frees the session's memory with the last reference

@@ -1,4 +1,5 @@
-"""Eager PyTorch: for export, and for networks not exported yet. torch is imported here only."""
+"""Eager PyTorch: a catalog model's module with its weights strictly loaded, and the runner for
+networks not exported yet. torch is imported here (and in archs/, convert/) only."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import logging
 import numpy as np
 import torch
 
-from restorer.runtime.base import NetworkRunner, OutOfMemory, RunnerInfo
+from restorer.archs import build
+from restorer.archs.requirements import Requirements
+from restorer.run.runner import NetworkRunner, OutOfMemory, RunnerInfo
+from restorer.zoo.catalog import ModelSpec, install_hint
+from restorer.zoo.layout import StoreError, weights_path
+from restorer.zoo.weights import _lenient, load_state_dict
 
 log = logging.getLogger("restorer")
 
@@ -25,13 +31,32 @@ def torch_device(device: str = "auto") -> tuple[torch.device, str | None]:
     return torch.device("cpu"), None
 
 
+def load_module(spec: ModelSpec) -> torch.nn.Module:
+    """The PyTorch module of an installed model, its weights strictly loaded."""
+    path = weights_path(spec)
+    if not path.is_file():
+        raise StoreError(install_hint(spec))
+    tensors = load_state_dict(path, spec)
+    module = build(spec.arch, spec.hparams)
+    if _lenient(spec):
+        known = module.state_dict().keys()
+        tensors = {k: v for k, v in tensors.items() if k in known}
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise StoreError(f"{path.name} does not fit '{spec.id}': {detail}") from None
+    return module.eval()
+
+
 class TorchRunner(NetworkRunner):
-    def __init__(self, module: torch.nn.Module, info: RunnerInfo, *, device: str = "auto", **kwargs):
+    def __init__(self, module: torch.nn.Module, info: RunnerInfo, needs: Requirements, *, device: str = "auto",
+                 fixed_inputs: dict[str, np.ndarray] | None = None):
         dev, note = torch_device(device)
         info.backend, info.provider = "torch", f"torch:{dev.type}"
         if note:
             info.notes.append(note)
-        super().__init__(info, **kwargs)
+        super().__init__(info, needs, fixed_inputs)
         self.device = dev
         self.module = module.eval().to(dev)
 
@@ -48,3 +73,6 @@ class TorchRunner(NetworkRunner):
                 raise OutOfMemory(str(e).splitlines()[0]) from e
             raise
         return out.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.module = None

@@ -1,146 +1,30 @@
-"""PyTorch -> ONNX export with a parity check against PyTorch.
+"""Exporting an installed catalog model to ONNX, checked against PyTorch, into the 
 
-The dynamo exporter is used: it handles attention blocks with dynamic height and width,
-where the legacy TorchScript exporter bakes the export size into some reshapes.
+A family whose network takes more than one image declares it: its arch module's
+`example_inputs(hparams, tile[, part])`, and its sub-graphs in restorer.archs.ARCHS
+(`export_parts`). The text side of InstructIR has its own exporters (restorer.convert.text).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-OPSET = 18
-
-
-@dataclass
-class Parity:
-    max_abs_diff: float
-    tolerance: float
-
-    @property
-    def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
-
-
-def export_onnx(
-    module: torch.nn.Module,
-    inputs: dict[str, torch.Tensor],
-    path: str | os.PathLike,
-    *,
-    dynamic_hw: bool = True,
-    output_name: str = "output",
-    opset: int = OPSET,
-) -> Path:
-    """Export `module(**inputs)` to `path` (written atomically).
-
-    The first input is the image (NCHW); with `dynamic_hw` its batch, height and width are
-    dynamic, else only the batch is. Other inputs (an embedding, a mask) keep their
-    leading batch dimension dynamic.
-    """
-    path = Path(path)
-    module = module.eval()
-    names = list(inputs)
-    image = names[0]
-    batch = torch.export.Dim("batch", min=1, max=64)
-    shapes: dict[str, dict[int, object]] = {}
-    if dynamic_hw:
-        shapes[image] = {0: batch, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
-    else:
-        shapes[image] = {0: batch}
-    for name in names[1:]:
-        t = inputs[name]
-        shapes[name] = {0: batch} if t.dim() > 0 else {}
-        if dynamic_hw and t.dim() == 4:
-            # a per-pixel input (a mask, maybe at another resolution than the image)
-            shapes[name].update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
-    # torch.export specialises a dimension traced at size 1: trace with a batch of two.
-    inputs = {k: (v.repeat(2, *([1] * (v.dim() - 1))) if v.dim() > 0 and v.shape[0] == 1 else v)
-              for k, v in inputs.items()}
-    if len(names) == 1:
-        shapes = {image: shapes[image]}
-    return write_onnx(module, inputs, path, shapes, [output_name], opset=opset)
-
-
-def write_onnx(
-    module: torch.nn.Module,
-    inputs: dict[str, torch.Tensor],
-    path: str | os.PathLike,
-    dynamic_shapes: dict,
-    output_names: list[str],
-    *,
-    metadata: dict[str, str] | None = None,
-    opset: int = OPSET,
-) -> Path:
-    """torch.onnx.export (dynamo) of `module(**inputs)`, written atomically to `path`, with
-    optional metadata properties. The one place every network is exported through."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                module.eval(),
-                kwargs=inputs,
-                dynamo=True,
-                dynamic_shapes=dynamic_shapes,
-                input_names=list(inputs),
-                output_names=output_names,
-                opset_version=opset,
-                external_data=False,
-                verbose=False,
-            )
-        program.save(tmp)
-        if metadata:
-            import onnx
-
-            proto = onnx.load(tmp)
-            for key, value in metadata.items():
-                entry = proto.metadata_props.add()
-                entry.key, entry.value = key, str(value)
-            onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def run_onnx(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """Run an exported model on the CPU provider (for parity checks)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
-    feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items() if k in wanted}
-    return session.run(None, feeds)[0]
-
-
-def parity(
-    module: torch.nn.Module,
-    onnx_path: str | os.PathLike,
-    inputs: dict[str, np.ndarray],
-    tolerance: float = 1e-4,
-) -> Parity:
-    """Max abs difference between PyTorch and ONNX Runtime on the same inputs."""
-    with torch.no_grad():
-        expected = module.eval()(**{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy()
-    got = run_onnx(onnx_path, inputs)
-    return Parity(float(np.max(np.abs(expected - got))), tolerance)
-
-
-# ---------------------------------------------------------------- catalog models
-
-FP32_TOLERANCE = 1e-4
-FP16_TOLERANCE = 1e-2  # fp16 keeps ~3 decimal digits; an 8-bit step is 4e-3
+from restorer.archs import family_module
+from restorer.convert.graph import (
+    FP16_TOLERANCE,
+    FP32_TOLERANCE,
+    Parity,
+    export_onnx,
+    parity,
+)
+from restorer.convert.text import TEXT_EXPORTERS
+from restorer.run.torch import load_module
+from restorer.zoo.catalog import install_hint
+from restorer.zoo.layout import is_installed, onnx_path, weights_path
 
 
 class ExportError(RuntimeError):
@@ -166,23 +50,11 @@ def _forward_parameters(module: torch.nn.Module) -> list[str]:
     return list(inspect.signature(module.forward).parameters)
 
 
-def _family(spec):
-    import importlib
-
-    from restorer.archs import ARCHS
-
-    return importlib.import_module(ARCHS[spec.arch].split(":")[0])
-
-
 def export_parts(spec) -> tuple[str, ...]:
     """The sub-graphs of a model its pipeline runs on its own, each exported to
-    store.onnx_path(spec, precision, part): the family module's EXPORT_PARTS for the
-    model's arch (e.g. a VAE's encoder and decoder); () for a model exported whole."""
-    from restorer.archs import ARCHS
-
-    if spec.arch not in ARCHS or spec.arch in TEXT_EXPORTERS:
-        return ()
-    return tuple(getattr(_family(spec), "EXPORT_PARTS", {}).get(spec.arch, ()))
+    onnx_path(spec, precision, part): the architecture's declared `export_parts` (e.g. a
+    VAE's encoder and decoder); () for a model exported whole."""
+    return spec.requirements.export_parts
 
 
 def example_inputs(spec, module: torch.nn.Module, tile: int, batch: int = 1, seed: int = 0,
@@ -192,11 +64,11 @@ def example_inputs(spec, module: torch.nn.Module, tile: int, batch: int = 1, see
 
     A family whose network takes more than an image (a text embedding, a mask, a latent)
     defines `example_inputs(hparams, tile)` in its arch module, returning every input by
-    name (a family with EXPORT_PARTS: `example_inputs(hparams, tile, part=None)`);
+    name (a family with export parts: `example_inputs(hparams, tile, part=None)`);
     otherwise the network takes one image of the catalog's channel count.
     """
     generator = torch.Generator().manual_seed(seed)
-    hook = getattr(_family(spec), "example_inputs", None)
+    hook = getattr(family_module(spec.arch), "example_inputs", None)
     if hook is not None:
         inputs = hook(spec.hparams, tile, part=part) if part else hook(spec.hparams, tile)
         return {k: v.expand(batch, *v.shape[1:]).contiguous() if v.dim() else v for k, v in inputs.items()}
@@ -211,18 +83,17 @@ def example_inputs(spec, module: torch.nn.Module, tile: int, batch: int = 1, see
 
 def export_model(spec, tile: int | None = None, precision: str = "fp32", force: bool = False,
                  progress=None) -> tuple[Path, Parity]:
-    """Export an installed catalog model to store.onnx_path(spec, precision), checked.
+    """Export an installed catalog model to onnx_path(spec, precision), checked.
 
     The weights are strictly loaded into our arch, exported with dynamic height and width
     (a fixed tile with a dynamic batch where the arch cannot), and ONNX Runtime and PyTorch
     are run on the same random input at the tile size: an export further than the
     tolerance from PyTorch is discarded with an error. fp16 is refused for archs whose
     catalog `precisions` lack it unless `force`. An existing export is kept unless `force`.
-    A model whose family declares EXPORT_PARTS is exported as those sub-graphs instead,
-    each to store.onnx_path(spec, precision, part) with its own check and record.
+    A model whose architecture declares export parts is exported as those sub-graphs instead,
+    each to onnx_path(spec, precision, part) with its own check and record.
     Returns the path and the measured parity (for parts: the last path, the worst parity).
     """
-    from restorer import store
 
     say = progress or (lambda message: None)
     if precision not in ("fp32", "fp16"):
@@ -232,12 +103,12 @@ def export_model(spec, tile: int | None = None, precision: str = "fp32", force: 
     if precision == "fp16" and "fp16" not in spec.precisions and not force:
         raise ExportError(f"fp16 is not known to be safe for '{spec.id}' ({spec.arch}; catalog precisions: "
                           f"{', '.join(spec.precisions)}); add --force to export it anyway")
-    targets = [(part, store.onnx_path(spec, precision, part)) for part in export_parts(spec) or [None]]
+    targets = [(part, onnx_path(spec, precision, part)) for part in export_parts(spec) or [None]]
     done = {part: _recorded(target) for part, target in targets if not force}
     if all(done.get(part) for part, _ in targets):
         return targets[-1][1], max((done[part] for part, _ in targets), key=lambda r: r.max_abs_diff)
-    if not store.is_installed(spec):
-        raise ExportError(store._hint(spec))
+    if not is_installed(spec):
+        raise ExportError(install_hint(spec))
     target = targets[-1][1]
     if spec.arch in TEXT_EXPORTERS:
         say(f"exporting {spec.id}")
@@ -252,8 +123,8 @@ def export_model(spec, tile: int | None = None, precision: str = "fp32", force: 
     multiple = max(1, spec.pad_multiple)
     tile = tile or spec.tile
     tile = max(multiple, tile - tile % multiple)
-    say(f"loading {store.weights_path(spec).name}")
-    module = store.load_model(spec)
+    say(f"loading {weights_path(spec).name}")
+    module = load_module(spec)
     results = []
     for part, target in targets:
         if done.get(part):
@@ -325,44 +196,3 @@ def _export_graph(spec, module: torch.nn.Module, target: Path, tile: int, precis
 # ---------------------------------------------------------------- the instruction's text side
 
 
-def _export_text_encoder(spec, target: Path) -> Parity:
-    """bge-micro-v2 (a BERT) -> ONNX: token ids and mask in, last hidden state out; the
-    torch-free TextEncoder pools it. Checked on a padded batch of random token ids."""
-    from restorer import store
-    from restorer.archs.bert import export_bert_onnx, load_bert, read_weights
-
-    model = load_bert(read_weights(store.weights_path(spec)), **spec.hparams)
-    export_bert_onnx(model, target)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, spec.hparams["vocab_size"], (2, 12), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 8:] = 0
-    with torch.no_grad():
-        expected = model(ids, mask).numpy()
-    got = _run_raw(target, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-    keep = mask.numpy().astype(bool)  # padded positions carry no meaning
-    return Parity(float(np.max(np.abs(expected - got)[keep])), FP32_TOLERANCE)
-
-
-def _export_language_head(spec, target: Path) -> Parity:
-    """InstructIR's language head -> ONNX (two outputs: the embedding and the logits)."""
-    from restorer import store
-    from restorer.archs.instructir import export_language_head
-
-    head = store.load_model(spec)
-    export_language_head(head, target)
-    x = torch.randn(3, spec.hparams["embedding_dim"], generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = [t.numpy() for t in head(x)]
-    got = _run_raw(target, {"sentence_embedding": x.numpy()})
-    return Parity(max(float(np.max(np.abs(e - g))) for e, g in zip(expected, got)), FP32_TOLERANCE)
-
-
-def _run_raw(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
-TEXT_EXPORTERS = {"BertModel": _export_text_encoder, "InstructIRLMHead": _export_language_head}

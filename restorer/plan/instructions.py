@@ -1,8 +1,8 @@
 """Natural-language instruction -> a plan of restoration steps.
 
     plan("it's too dark and grainy, then upscale 2x")
-    -> Plan(steps=[Step("denoise", {}, "grainy"), Step("lowlight", {}, "it's too dark"),
-                   Step("superres", {"scale": 2}, "upscale 2x")], ...)
+    -> ParsedInstruction(steps=[Intent("denoise", {}, "grainy"), Intent("lowlight", {}, "it's too dark"),
+                   Intent("superres", {"scale": 2}, "upscale 2x")], ...)
 
 No model: a lexicon of how people describe each degradation (problems such as "grainy",
 actions such as "sharpen", wanted qualities such as "brighter"), a light stemmer, a
@@ -22,7 +22,7 @@ How a sentence is read
   "X before Y", "X after Y", "after X, Y"); tasks within one stage, or with no stated order,
   follow CANONICAL_ORDER.
 - Negation: "don't upscale", "no sharpening", "without denoising", "keep the grain",
-  "leave the text", "neither ... nor ..." remove a task (and say so in Plan.notes), while a
+  "leave the text", "neither ... nor ..." remove a task (and say so in ParsedInstruction.notes), while a
   missing quality is a request: "it's not sharp" -> deblur, "no noise please" -> denoise.
 - Scale (superres options): "4x", "x2", "2 times bigger", "double the size", "twice as big",
   "by 300%" -> {"scale": N}. Target resolutions depend on the image, so they are kept as
@@ -45,8 +45,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TASKS = ("denoise", "deblur", "derain", "dehaze", "lowlight", "enhance", "superres", "jpeg",
-         "old-photo", "remove-text")
+from restorer.tasks import TASKS
 
 # Order used when the user states none. Restoration undoes the capture chain backwards:
 # a photo is formed as scene -> weather (rain, haze) -> optics/motion blur -> sensor noise ->
@@ -74,15 +73,15 @@ class InstructionError(ValueError):
 
 
 @dataclass
-class Step:
+class Intent:
     task: str
     options: dict = field(default_factory=dict)
     prompt: str = ""  # the user's words that asked for this step (InstructIR takes them)
 
 
 @dataclass
-class Plan:
-    steps: list[Step]
+class ParsedInstruction:
+    steps: list[Intent]
     text: str
     notes: list[str] = field(default_factory=list)
 
@@ -782,7 +781,7 @@ def _english_only(what: str) -> InstructionError:
 
 
 # ------------------------------------------------------------------------------ plan
-def plan(text: str) -> Plan:
+def plan(text: str) -> ParsedInstruction:
     """Read an instruction in English into an ordered list of restoration steps."""
     original = text if isinstance(text, str) else ""
     if not original.strip():
@@ -805,11 +804,11 @@ def plan(text: str) -> Plan:
         if lang and foreign_count >= english_count:
             raise _english_only(lang)
         raise InstructionError(f"could not tell what to do from {original.strip()!r}.\n" + describe_vocabulary())
-    return Plan(steps=steps, text=original, notes=notes)
+    return ParsedInstruction(steps=steps, text=original, notes=notes)
 
 
 def _steps(clauses: list[_Clause], hits: list[_Hit], original: str, normalised: str,
-           notes: list[str]) -> list[Step] | None:
+           notes: list[str]) -> list[Intent] | None:
     source = original if len(original) == len(normalised) else normalised
 
     def words(start: int, end: int) -> str:
@@ -872,7 +871,7 @@ def _steps(clauses: list[_Clause], hits: list[_Hit], original: str, normalised: 
             options["strength"] = strength
         prompt = "; ".join(words(clauses[c].start, clauses[c].end) for c in clause_ids)
         key = clauses[task_hits[0].clause].key
-        steps.append((key, CANONICAL_ORDER.index(task), Step(task, options, prompt)))
+        steps.append((key, CANONICAL_ORDER.index(task), Intent(task, options, prompt)))
     steps.sort(key=lambda s: (s[0], s[1]))
     result = [s[2] for s in steps]
     if len(result) == 1 and not excluded:
@@ -881,7 +880,7 @@ def _steps(clauses: list[_Clause], hits: list[_Hit], original: str, normalised: 
 
 
 def _fallback(hits: list[_Hit], excluded: dict, clauses: list[_Clause], original: str,
-              notes: list[str]) -> list[Step] | None:
+              notes: list[str]) -> list[Intent] | None:
     """Nothing clear was named: the best weak cue decides ("make it better" -> enhance)."""
     scores: dict[str, float] = {}
     for hit in hits:
@@ -898,7 +897,7 @@ def _fallback(hits: list[_Hit], excluded: dict, clauses: list[_Clause], original
     if strength is not None:
         options["strength"] = strength
     notes.append(f"no specific problem named; read as {task}")
-    return [Step(task, options, original.strip())]
+    return [Intent(task, options, original.strip())]
 
 
 def resolve_scale(options: dict, width: int, height: int, available=(2, 3, 4, 8)) -> int:

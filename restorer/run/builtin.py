@@ -1,6 +1,6 @@
 """Built-in restoration operators: classical methods that need no download (numpy + OpenCV).
 
-Each operator is a Runner (see restorer.runtime.base): NCHW float32 in [0, 1] in, NCHW
+Each operator is a Runner (see restorer.run.runner): NCHW float32 in [0, 1] in, NCHW
 float32 out. They are the fallback when no network is installed, and the building blocks
 that pipelines reuse (inpainting for scratches and text).
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from restorer.runtime.base import RunnerInfo
+from restorer.archs.requirements import Requirements
+from restorer.run.runner import RunnerInfo
 
 # Task name -> built-in operator id (catalog ids). There is no built-in derain or deblur.
 BUILTIN_TASKS = {
@@ -85,16 +86,12 @@ def _check_strength(strength: float) -> float:
 class _BuiltinOperator:
     """Runner plumbing shared by the operators: batch checks and the NCHW <-> HWC loop.
 
-    Subclasses set the Runner attributes and implement `_process(image, index, extra)` on one
-    HxWxC (or HxW for one channel) float32 image.
+    Subclasses declare their `needs` and implement `_process(image, index, extra)` on one
+    HxWxC (or HxW for one channel) float32 image. The engine feeds RGB; one-channel (gray)
+    batches are accepted as well.
     """
 
-    scale = 1
-    channels = 3  # the engine feeds RGB; one-channel (gray) batches are accepted as well
-    pad_multiple = 1
-    overlap = 0
-    preferred_tile: int | None = None
-    whole_image = False
+    needs = Requirements(overlap=0)
 
     def __init__(self, model_id: str, strength: float):
         self.strength = _check_strength(strength)
@@ -120,6 +117,9 @@ class _BuiltinOperator:
 
     def _process(self, image: np.ndarray, index: int, extra: dict) -> np.ndarray:
         raise NotImplementedError
+
+    def close(self) -> None:
+        pass  # holds nothing
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,8 +154,7 @@ class NonLocalMeansDenoiser(_BuiltinOperator):
     TEMPLATE = 7  # patch size compared
     SEARCH = 21  # window searched for similar patches
     # A pixel depends on input pixels up to SEARCH//2 + TEMPLATE//2 = 13 away; 16 leaves margin.
-    overlap = 16
-    preferred_tile = 512
+    needs = Requirements(overlap=16, preferred_tile=512)
 
     def __init__(self, strength: float = DEFAULT_STRENGTH["builtin:denoise"]):
         super().__init__("builtin:denoise", strength)
@@ -216,7 +215,7 @@ class DarkChannelDehazer(_BuiltinOperator):
     image unchanged.
     """
 
-    whole_image = True
+    needs = Requirements(overlap=0, whole_image=True)
     T0 = 0.1
     SKY_TOLERANCE = 0.3  # K, on the [0, 1] scale
     BRIGHTEST_FRACTION = 0.001
@@ -281,7 +280,7 @@ class IlluminationMapEnhancer(_BuiltinOperator):
     the work is a handful of box filters, so one piece is cheap even for large photos.
     """
 
-    whole_image = True
+    needs = Requirements(overlap=0, whole_image=True)
     GUIDED_EPS = 1e-3
     MIN_ILLUMINATION = 0.02  # bounds the gain at 1 / 0.02^gamma (23x at gamma 0.8) in black areas
 
@@ -339,8 +338,6 @@ class LanczosUpscaler(_BuiltinOperator):
     clamp footprints, hence overlap 8.
     """
 
-    overlap = 8
-    preferred_tile = 512
     EDGE_KNEE = 0.02  # gradient (per output pixel, [0, 1] units) at which the gate is half open
 
     def __init__(self, scale: int = 2, strength: float = DEFAULT_STRENGTH["builtin:upscale"]):
@@ -348,6 +345,7 @@ class LanczosUpscaler(_BuiltinOperator):
             raise ValueError(f"builtin:upscale supports scale 2, 3 or 4, got {scale}")
         super().__init__("builtin:upscale", strength)
         self.scale = scale
+        self.needs = Requirements(scale=scale, overlap=8, preferred_tile=512)
         self.info.notes.append(f"scale={scale}")
 
     def _process(self, image: np.ndarray, index: int, extra: dict) -> np.ndarray:
@@ -389,7 +387,7 @@ class MaskInpainter(_BuiltinOperator):
     only masked pixels cost time, so one piece is cheap.
     """
 
-    whole_image = True
+    needs = Requirements(overlap=0, whole_image=True)
 
     def __init__(self, radius: int = 3, method: str = "telea"):
         super().__init__("builtin:inpaint", 1.0)

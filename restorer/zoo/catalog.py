@@ -8,10 +8,9 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-TASKS = (
-    "denoise", "deblur", "derain", "dehaze", "lowlight", "enhance",
-    "superres", "jpeg", "old-photo", "remove-text",
-)
+from restorer.archs import ARCHS
+from restorer.archs.requirements import Requirements
+from restorer.zoo.home import home
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,9 @@ class ModelSpec:
     input_range: tuple[float, float] = (0.0, 1.0)
     output_range: tuple[float, float] = (0.0, 1.0)
     pad_multiple: int = 1
+    tile_multiple: int | None = None  # None: the architecture's own (restorer.archs.ARCHS)
+    min_size: int | None = None
+    pre_upscale: int = 1  # >1: the network restores a bicubic-upscaled input of this factor
     overlap: int = 16
     tile: int = 256
     rank: int = 50
@@ -64,7 +66,21 @@ class ModelSpec:
     def output_scale(self) -> int:
         """Output size / input size of a restore, counting the bicubic upscale a network that
         works on pre-interpolated input (`pre_upscale = N`) is fed."""
-        return int(self.extra.get("pre_upscale", self.scale))
+        return self.pre_upscale if self.pre_upscale > 1 else self.scale
+
+    @property
+    def requirements(self) -> Requirements:
+        """What this network needs from the engine: its architecture's defaults, then this
+        checkpoint's facts (scale, channels, padding, value range, precisions)."""
+        values = dict(ARCHS[self.arch].needs) if self.arch in ARCHS else {}
+        values.update(scale=self.output_scale, channels=self.channels, pad_multiple=max(1, self.pad_multiple),
+                      overlap=self.overlap, input_range=self.input_range, output_range=self.output_range,
+                      pre_upscale=self.pre_upscale, precisions=self.precisions)
+        if self.tile_multiple is not None:
+            values["tile_multiple"] = self.tile_multiple
+        if self.min_size is not None:
+            values["min_size"] = self.min_size
+        return Requirements(**values)
 
     @property
     def size(self) -> int:
@@ -112,6 +128,17 @@ class Catalog:
         """Released models that do `task`, best first."""
         return sorted((s for s in self if task in s.tasks and s.released), key=lambda s: -s.rank)
 
+def install_hint(spec: ModelSpec) -> str:
+    """What to type to install a model (or where a browser must fetch it)."""
+    if not spec.released:
+        return f"model '{spec.id}' was announced by its authors but its weights were never released"
+    browser = [f for f in spec.files if f.browser]
+    if browser:
+        f = browser[0]
+        return (f"model '{spec.id}' is not installed: download {f.name} in a browser from {f.url} "
+                f"then run: restorer-cli models add {f.name} --id {spec.id}")
+    return f"model '{spec.id}' is not installed: restorer-cli models download {spec.id}"
+
 
 def human_size(n: int) -> str:
     """A file size for people ("-" when the catalog does not know it)."""
@@ -128,12 +155,15 @@ def parse(text: str) -> Catalog:
     return Catalog([_spec(e) for e in tomllib.loads(text).get("model", [])])
 
 
+_PINNED: Catalog | None = None  # a catalog that replaces all others (tests pin their own)
+
+
 def load_catalog() -> Catalog:
     """The packaged catalog plus the user's own entries (<store home>/catalog.toml), which
     describe models restorer does not ship an entry for; a user entry replaces a packaged
     one with the same id."""
-    from restorer.store import home
-
+    if _PINNED is not None:
+        return _PINNED
     return _load(str(home() / "catalog.toml"))
 
 

@@ -69,11 +69,9 @@ def detector_path() -> Path:
 
 @functools.lru_cache(maxsize=2)
 def _session(path: str):
-    import onnxruntime as ort
+    from restorer.run.onnx import create_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return create_session(path, "cpu").session
 
 
 def _to_bgr(img: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Faces for the old-photo pipeline: where they are and their five alignment points, offline.
+"""Faces in a photo: where they are and their five alignment points, offline.
 
 Detection is dlib's HOG frontal-face detector, as in the official pipeline; it ships
 inside the `dlib-bin` wheel (Boost licence, no model file to fetch). The five points
@@ -18,6 +18,23 @@ import numpy as np
 # (x, y) of left eye, right eye, nose tip, left and right mouth corner, as fractions of a
 # dlib HOG box (left, top, width, height), for a frontal face.
 BOX_LANDMARKS = np.array([[0.28, 0.31], [0.72, 0.31], [0.50, 0.575], [0.32, 0.80], [0.68, 0.80]])
+
+
+def rgb(img: np.ndarray) -> np.ndarray:
+    """H x W x 3 float32: gray is repeated, alpha is dropped (PIL convert('RGB') drops it too)."""
+    img = np.asarray(img, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 1:
+        return np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
+
+def landmarks_from_68(points: np.ndarray) -> np.ndarray:
+    """dlib's 68 points -> the official 5 (integer eye centres, nose tip, mouth corners)."""
+    p = np.asarray(points, dtype=np.int64)
+    left = (p[36] + p[39]) // 2
+    right = (p[42] + p[45]) // 2
+    return np.stack([left, right, p[30], p[48], p[54]]).astype(np.float64)
 
 
 class FacesUnavailable(RuntimeError):
@@ -42,8 +59,6 @@ def _landmark_model(dlib):
 
 def find_faces(img: np.ndarray) -> tuple[list[np.ndarray], str]:
     """Five (x, y) points per face in an HxWx3 [0, 1] image, and how they were found."""
-    from restorer.pipelines.old_photo import landmarks_from_68, rgb
-
     dlib = _detector()
     pixels = np.ascontiguousarray(np.clip(rgb(img) * 255 + 0.5, 0, 255).astype(np.uint8))
     boxes = dlib.get_frontal_face_detector()(pixels, 0)  # no upsampling, as the official code

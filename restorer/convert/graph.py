@@ -1,0 +1,142 @@
+"""PyTorch -> ONNX: the one export path (atomic write), and running an export for a parity check.
+
+The dynamo exporter is used: it handles attention blocks with dynamic height and width,
+where the legacy TorchScript exporter bakes the export size into some reshapes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from restorer.run.onnx import create_session
+
+OPSET = 18
+
+
+@dataclass
+class Parity:
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    dynamic_hw: bool = True,
+    output_name: str = "output",
+    opset: int = OPSET,
+) -> Path:
+    """Export `module(**inputs)` to `path` (written atomically).
+
+    The first input is the image (NCHW); with `dynamic_hw` its batch, height and width are
+    dynamic, else only the batch is. Other inputs (an embedding, a mask) keep their
+    leading batch dimension dynamic.
+    """
+    path = Path(path)
+    module = module.eval()
+    names = list(inputs)
+    image = names[0]
+    batch = torch.export.Dim("batch", min=1, max=64)
+    shapes: dict[str, dict[int, object]] = {}
+    if dynamic_hw:
+        shapes[image] = {0: batch, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    else:
+        shapes[image] = {0: batch}
+    for name in names[1:]:
+        t = inputs[name]
+        shapes[name] = {0: batch} if t.dim() > 0 else {}
+        if dynamic_hw and t.dim() == 4:
+            # a per-pixel input (a mask, maybe at another resolution than the image)
+            shapes[name].update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
+    # torch.export specialises a dimension traced at size 1: trace with a batch of two.
+    inputs = {k: (v.repeat(2, *([1] * (v.dim() - 1))) if v.dim() > 0 and v.shape[0] == 1 else v)
+              for k, v in inputs.items()}
+    if len(names) == 1:
+        shapes = {image: shapes[image]}
+    return write_onnx(module, inputs, path, shapes, [output_name], opset=opset)
+
+
+def write_onnx(
+    module: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    dynamic_shapes: dict,
+    output_names: list[str],
+    *,
+    metadata: dict[str, str] | None = None,
+    opset: int = OPSET,
+) -> Path:
+    """torch.onnx.export (dynamo) of `module(**inputs)`, written atomically to `path`, with
+    optional metadata properties. The one place every network is exported through."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(
+                module.eval(),
+                kwargs=inputs,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                input_names=list(inputs),
+                output_names=output_names,
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+        program.save(tmp)
+        if metadata:
+            import onnx
+
+            proto = onnx.load(tmp)
+            for key, value in metadata.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, str(value)
+            onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def run_onnx(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Run an exported model on the CPU provider (for parity checks)."""
+    session = create_session(path, "cpu").session
+    wanted = {i.name for i in session.get_inputs()}
+    feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items() if k in wanted}
+    return session.run(None, feeds)[0]
+
+
+def parity(
+    module: torch.nn.Module,
+    onnx_path: str | os.PathLike,
+    inputs: dict[str, np.ndarray],
+    tolerance: float = 1e-4,
+) -> Parity:
+    """Max abs difference between PyTorch and ONNX Runtime on the same inputs."""
+    with torch.no_grad():
+        expected = module.eval()(**{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy()
+    got = run_onnx(onnx_path, inputs)
+    return Parity(float(np.max(np.abs(expected - got))), tolerance)
+
+
+# ---------------------------------------------------------------- catalog models
+
+FP32_TOLERANCE = 1e-4
+FP16_TOLERANCE = 1e-2  # fp16 keeps ~3 decimal digits; an 8-bit step is 4e-3
+
+

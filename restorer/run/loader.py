@@ -1,0 +1,104 @@
+"""The one place a model becomes a Runner, and the cache that keeps runners alive.
+
+A catalog network runs from its ONNX export when there is one (`<id>[.<part>].<precision>.onnx`
+in the store), else in eager PyTorch on its installed weights, else the error says how to
+install it. A built-in operator is built from its id. `RunnerCache` is owned by whoever runs
+a batch or holds a GUI session: a batch of N images builds each runner once, and switching
+models releases the old ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from restorer.archs.requirements import Requirements
+from restorer.run.runner import Runner, RunnerInfo
+from restorer.zoo.catalog import ModelSpec, install_hint
+from restorer.zoo.layout import StoreError, is_installed, onnx_path
+
+
+def build_runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32", part: str | None = None,
+                 raw: bool = False) -> Runner:
+    """A Runner for a catalog model (or its sub-graph `part`). `raw`: the caller feeds the
+    network its own value range and sizes (a pipeline's stages), so no range mapping."""
+    needs = Requirements() if raw or part else spec.requirements
+    for candidate in dict.fromkeys((precision, "fp32")):
+        path = onnx_path(spec, candidate, part)
+        if path.is_file():
+            from restorer.run.onnx import OnnxRunner
+
+            runner = OnnxRunner(path, RunnerInfo(spec.id, "", ""), needs, device=device)
+            if candidate != precision:
+                runner.info.notes.append(f"no {precision} export of '{spec.id}'; using {candidate}")
+            return runner
+    if not is_installed(spec):
+        raise StoreError(install_hint(spec))
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise StoreError(f"model '{spec.id}' is installed but not exported to ONNX, and PyTorch is not "
+                         f"installed to run or export it: pip install 'restorer[torch]' then "
+                         f"restorer-cli models export {spec.id}") from None
+    from restorer.run.torch import TorchRunner, load_module
+
+    module = load_module(spec)
+    module = getattr(module, part) if part else module
+    runner = TorchRunner(module, RunnerInfo(spec.id, "", ""), needs, device=device)
+    runner.info.notes.append(f"running in eager PyTorch; `restorer-cli models export {spec.id}` makes it faster")
+    return runner
+
+
+@dataclass(frozen=True)
+class RunnerKey:
+    model: str
+    device: str
+    precision: str = "fp32"
+    part: str | None = None
+    raw: bool = False
+    settings: tuple = ()  # a built-in operator's scale and strength
+
+
+class RunnerCache:
+    """Runners by (model, device, precision, part): built on first use, kept until released.
+
+    Runner info (notes, provider) is per runner, not per use: a caller that reports notes
+    copies them."""
+
+    def __init__(self):
+        self._runners: dict[RunnerKey, Runner] = {}
+        self.built = 0  # how many runners this cache has built (a batch builds each once)
+
+    def network(self, spec: ModelSpec, device: str = "auto", precision: str = "fp32", part: str | None = None,
+                raw: bool = False) -> Runner:
+        key = RunnerKey(spec.id, device, precision, part, raw)
+        if key not in self._runners:
+            self._runners[key] = build_runner(spec, device, precision, part, raw)
+            self.built += 1
+        return self._runners[key]
+
+    def builtin(self, model_id: str, *, scale: int = 2, strength: float | None = None) -> Runner:
+        from restorer.run.builtin import builtin_runner
+
+        key = RunnerKey(model_id, "cpu", settings=(scale, strength))
+        if key not in self._runners:
+            self._runners[key] = builtin_runner(model_id, scale=scale, strength=strength)
+            self.built += 1
+        return self._runners[key]
+
+    def keep_only(self, model_ids: set[str]) -> None:
+        """Release every runner of a model not in `model_ids` (the GUI switched models)."""
+        for key in [k for k in self._runners if k.model not in model_ids]:
+            self._runners.pop(key).close()
+
+    def clear(self) -> None:
+        self.keep_only(set())
+
+    def __len__(self) -> int:
+        return len(self._runners)
+
+    def __enter__(self) -> "RunnerCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.clear()
+

@@ -1,0 +1,6 @@
+"""What restorer can do, by name: the one list the catalog, the planner, the CLI and the app share."""
+
+TASKS = (
+    "denoise", "deblur", "derain", "dehaze", "lowlight", "enhance",
+    "superres", "jpeg", "old-photo", "remove-text",
+)

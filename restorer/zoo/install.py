@@ -1,0 +1,190 @@
+"""Putting files into the store (atomically, recorded), importing files fetched by hand
+(single checkpoints or zip archives, checked before extraction), verifying, removing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from restorer.zoo.catalog import Catalog, FileSpec, ModelSpec, install_hint
+from restorer.zoo.layout import (
+    CHUNK,
+    WEIGHT_SUFFIXES,
+    StoreError,
+    _catalog,
+    _write_record,
+    exported_parts,
+    home,
+    installed_record,
+    is_installed,
+    model_dir,
+    onnx_path,
+)
+from restorer.zoo.recognise import _checkable, compare, identify, signature
+from restorer.zoo.weights import _lenient, file_kind, tensor_shapes
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _place(source: Path, spec: ModelSpec, f: FileSpec, origin: str, *, move: bool = False,
+           sha: str | None = None) -> Path:
+    """Put `source` into the store as `f` of `spec`, atomically (temp + rename): moved,
+    hard-linked where possible, else copied. Exports made from older weights are dropped."""
+    target = model_dir(spec) / f.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{f.name}.{os.getpid()}.tmp")
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        if move:
+            os.replace(source, tmp)
+        else:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+        sha = sha or sha256_of(tmp)
+        if f.sha256 and sha != f.sha256.lower():
+            raise StoreError(f"{f.name}: sha256 {sha} differs from the catalog's {f.sha256}; not installed")
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _write_record(spec, f.name, sha, target.stat().st_size, origin)
+    for precision in ("fp32", "fp16"):
+        for stale in (onnx_path(spec, precision), onnx_path(spec, precision).with_suffix(".json")):
+            stale.unlink(missing_ok=True)
+    return target
+
+
+@dataclass
+class AddResult:
+    installed: list[tuple[str, Path]] = field(default_factory=list)  # (model id, stored path)
+    unmatched: list[str] = field(default_factory=list)  # archive members that matched nothing, with why
+
+
+def add(path: str | os.PathLike, model_id: str | None = None, *, catalog: Catalog | None = None) -> AddResult:
+    """Install a checkpoint (or a zip archive of checkpoints) fetched by hand.
+
+    A file is recognised by its tensors (see `recognise`) and placed in the store. An
+    archive is checked whole first (no absolute paths, no `..`, no links), then each
+    weights member is recognised on its own; members that match nothing are reported.
+    """
+    path = Path(path)
+    catalog = _catalog(catalog)
+    if not path.is_file():
+        raise StoreError(f"cannot read '{path}': no such file")
+    if file_kind(path) == "archive":
+        return _add_archive(path, model_id, catalog)
+    match = identify(path, model_id, catalog=catalog)
+    stored = _place(path, match.spec, match.file, origin=str(path.resolve()))
+    return AddResult(installed=[(match.spec.id, stored)])
+
+
+def safe_members(archive: zipfile.ZipFile, label: str) -> list[zipfile.ZipInfo]:
+    """The archive's entries, or a StoreError if any would land outside the folder it is
+    extracted into (absolute path, `..`, drive letter) or is a link: checked for all
+    members before anything is extracted."""
+    for info in archive.infolist():
+        name = info.filename.replace("\\", "/")
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+            raise StoreError(f"{label}: refusing the archive: member {info.filename!r} points outside it")
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise StoreError(f"{label}: refusing the archive: member {info.filename!r} is a symbolic link")
+    return [i for i in archive.infolist() if not i.is_dir()]
+
+
+def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, workdir: Path) -> Path:
+    """One member copied to a file we name ourselves (the member's path is never used)."""
+    suffix = PurePosixPath(info.filename).suffix
+    out = workdir / f"member{suffix}"
+    with archive.open(info) as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst, CHUNK)
+    return out
+
+
+def _add_archive(path: Path, model_id: str | None, catalog: Catalog) -> AddResult:
+    result = AddResult()
+    with zipfile.ZipFile(path) as archive:
+        members = safe_members(archive, path.name)
+        weights = [m for m in members if m.filename.lower().endswith(WEIGHT_SUFFIXES)]
+        if not weights:
+            raise StoreError(f"{path.name}: the archive holds no weights files ({', '.join(WEIGHT_SUFFIXES)})")
+        for info in weights:
+            with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
+                member = _extract(archive, info, Path(tmp))
+                try:
+                    match = identify(member, model_id, name=info.filename, catalog=catalog)
+                except StoreError as e:
+                    result.unmatched.append(str(e))
+                    continue
+                stored = _place(member, match.spec, match.file, origin=f"{path.resolve()}!{info.filename}", move=True)
+                result.installed.append((match.spec.id, stored))
+    if not result.installed:
+        raise StoreError(f"{path.name}: no member matched a catalog model ({'; '.join(result.unmatched[:3])})")
+    return result
+
+
+def _scratch() -> Path:
+    d = home() / "tmp"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def verify(spec: ModelSpec) -> list[str]:
+    """Problems with an installed model ([] when it is sound): each file's sha256 against
+    the catalog (else against what was recorded at install, and its tensors against the
+    entry's signature)."""
+    if not is_installed(spec):
+        return [f"not installed ({install_hint(spec)})"]
+    problems = []
+    record = installed_record(spec)
+    for f in spec.files:
+        path = model_dir(spec) / f.name
+        sha = sha256_of(path)
+        if f.sha256:
+            if sha != f.sha256.lower():
+                problems.append(f"{f.name}: sha256 {sha} differs from the catalog's {f.sha256}")
+            continue
+        recorded = record.get(f.name, {}).get("sha256")
+        if recorded and recorded != sha:
+            problems.append(f"{f.name}: changed since it was installed (sha256 {sha}, recorded {recorded})")
+        if f.name.lower().endswith(WEIGHT_SUFFIXES) and _checkable(spec):
+            try:
+                diff = compare(tensor_shapes(path, spec.wrapper_key), signature(spec), _lenient(spec))
+            except StoreError as e:
+                diff = str(e)
+            if diff:
+                problems.append(f"{f.name}: {diff}")
+    return problems
+
+
+def remove(spec: ModelSpec) -> list[Path]:
+    """Delete a model's files and exports; returns what was removed."""
+    removed = []
+    folder = model_dir(spec)
+    if folder.exists():
+        shutil.rmtree(folder)
+        removed.append(folder)
+    for precision in ("fp32", "fp16"):
+        for part in [None, *exported_parts(spec, precision)]:
+            path = onnx_path(spec, precision, part)
+            for p in (path, path.with_suffix(".json")):
+                if p.exists():
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
