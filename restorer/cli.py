@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="refuse images larger than N pixels (default 400 million)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                   help="fetch a model the request needs that is not installed (default: ask on a "
+                   "terminal, else print the command to type)")
     g = p.add_argument_group("old photos and text removal")
     g.add_argument("--scratches", choices=("auto", "yes", "no"), default="auto")
     g.add_argument("--faces", action=argparse.BooleanOptionalAction, default=True)
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     from restorer.batch import files
     from restorer.batch.loop import Output, run_batch
-    from restorer.plan.request import Options, RequestError, plan_request
+    from restorer.plan.request import ModelMissing, Options, RequestError, plan_request
 
     if not args.inputs:
         return fail("no input given; usage: restorer-cli INPUT... -o OUTDIR --task T (see --help)")
@@ -122,10 +125,21 @@ def run(args) -> int:
 
     options = Options(device=args.device, tile=args.tile, scale=args.scale, strength=args.strength,
                       extra=pipeline_options(args))
-    try:
-        plan = plan_request(options, task=args.task, model=args.model, instruction=args.instruction)
-    except RequestError as e:
-        return fail(str(e))
+    asked: set[str] = set()
+    while True:
+        try:
+            plan = plan_request(options, task=args.task, model=args.model, instruction=args.instruction)
+            break
+        except ModelMissing as e:
+            ids = [s.id for s in e.specs]
+            if asked & set(ids) or not _consent(args, e):
+                return fail(_missing_message(e))
+            asked |= set(ids)
+            problem = fetch_models(e.specs, quiet=args.quiet)
+            if problem:
+                return fail(problem)
+        except RequestError as e:
+            return fail(str(e))
 
     outdir = args.output or Path(".")
     items = files.discover(args.inputs, outdir, recursive=args.recursive, fmt=args.format, suffix=args.suffix)
@@ -170,6 +184,91 @@ def run(args) -> int:
     if files_bar is not None:
         files_bar.close()
     return report(args, plan, items)
+
+
+def _missing_message(e) -> str:
+    """The install hint, or the download command where the hint sends people to a browser
+    for a file restorer can now fetch itself (a Google Drive file link)."""
+    message = str(e)
+    if "models download" not in message and e.specs:
+        message = f"model '{e.specs[0].id}' is not installed: restorer-cli models download {e.specs[0].id}"
+    return message
+
+
+def _consent(args, e) -> bool:
+    """--download / --no-download decide; else ask once on a terminal (default yes); a run
+    without a terminal does not download."""
+    if args.download is not None:
+        return args.download
+    if not sys.stdin.isatty():
+        return False
+    from restorer.zoo.catalog import human_size
+
+    main = e.specs[0]
+    names = ", ".join(s.id for s in e.specs)
+    known = all(f.size for s in e.specs for f in s.files)
+    size = human_size(e.size) if known else (f"over {human_size(e.size)}" if e.size else "-")
+    licences = ", ".join(dict.fromkeys(s.licence for s in e.specs if s.licence)) or "unknown"
+    nc = " (non-commercial)" if any(s.non_commercial for s in e.specs) else ""
+    what = e.wanted if e.wanted != main.id else f"--model {main.id}"
+    print(f"{PROG}: {what} needs {names}, {size if size != '-' else 'size unknown'}, licence {licences}{nc} "
+          f"— download now? [Y/n] ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, KeyboardInterrupt):
+        return False
+    if not answer:  # end of input
+        print(file=sys.stderr)
+        return False
+    return answer.strip().lower() in ("", "y", "yes")
+
+
+def fetch_models(specs, quiet: bool = False) -> str | None:
+    """Download `specs` into the store (progress on stderr), then convert each to ONNX when
+    torch is here (the eager runner works without it). Returns an error line, or None."""
+    import importlib.util
+
+    from restorer.zoo import download as download_mod
+    from restorer.zoo.catalog import human_size
+    from restorer.zoo.layout import StoreError
+
+    show = not quiet and sys.stderr.isatty()
+    for spec in specs:
+        size = human_size(spec.size)
+        print(f"{PROG}: downloading {spec.id}" + (f" ({size})" if size != "-" else ""), file=sys.stderr)
+        bar = None
+
+        def progress(done: int, total: int) -> None:
+            nonlocal bar
+            if not show:
+                return
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=spec.id, file=sys.stderr)
+            bar.total = total or None
+            bar.n = done
+            bar.refresh()
+
+        try:
+            download_mod.download(spec, progress=progress)
+        except StoreError as e:
+            return str(e)
+        finally:
+            if bar is not None:
+                bar.close()
+    if importlib.util.find_spec("torch") is not None:
+        for spec in specs:
+            if not spec.tasks:
+                continue  # a part (encoder, pipeline stage): exported with the model that uses it, if at all
+            try:
+                from restorer.convert.export import export_model
+
+                export_model(spec)
+                print(f"{PROG}: converted {spec.id} to ONNX", file=sys.stderr)
+            except Exception as e:  # noqa: BLE001 -- the eager runner works without an export
+                logging.getLogger("restorer").debug("export of %s skipped: %s", spec.id, e)
+    return None
 
 
 def _max_pixels(args) -> int | None:

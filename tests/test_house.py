@@ -14,9 +14,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "restorer"
-# The only places torch may be imported (DESIGN: networks, the eager runner, export), and the
-# weights reader's PyTorch-format path (torch.load with weights_only).
-TORCH_ALLOWED = ("restorer/archs/", "restorer/run/torch.py", "restorer/convert/", "restorer/zoo/weights.py")
+# The only places torch may be imported (DESIGN: networks, the eager runner, export).
+TORCH_ALLOWED = ("restorer/archs/", "restorer/run/torch.py", "restorer/convert/")
 
 
 def test_no_import_cycles():

@@ -11,6 +11,7 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from restorer.run.loader import build_runner
@@ -137,9 +138,9 @@ def test_wrapper_keys_and_module_prefix(tmp_path, monkeypatch):
     spec = cat.get("tiny-a")
     path = tmp_path / "both.pth"
     torch.save({"params_ema": {"module.w": torch.zeros(1)}, "params": {"module.w": torch.ones(1)}}, path)
-    assert float(store_weights.load_state_dict(path, spec)["w"]) == 1.0  # the spec's key comes first
-    assert float(store_weights.load_state_dict(path)["w"]) == 0.0  # else basicsr's order: params_ema first
-    entries = [[k, list(v.shape), "int64" if v.dtype == torch.int64 else "float32"]
+    assert store_weights.load_state_dict(path, spec)["w"].item() == 1.0  # the spec's key comes first
+    assert store_weights.load_state_dict(path)["w"].item() == 0.0  # else basicsr's order: params_ema first
+    entries = [[k, list(v.shape), "int64" if v.dtype == np.int64 else "float32"]
                for k, v in store_weights.load_state_dict(HAT_TINY / "hat_tiny_x2.safetensors").items()]
     path = tmp_path / "tiny-a.pth"
     write_pth(path, entries, "params_ema", prefix="module.")
@@ -168,11 +169,11 @@ def test_shared_signature_is_told_apart_by_name_else_asks_for_id(tmp_path, monke
 def test_no_match_names_the_closest_entry(tmp_path, monkeypatch):
     use_catalog(monkeypatch, tiny_hat_entry("tiny-x2") + tiny_hat_entry("tiny-x4", tiny="hat_tiny_x4"))
     tensors = store_weights.load_state_dict(HAT_TINY / "hat_tiny_x2.safetensors")
-    tensors["extra.bias"] = tensors["conv_last.bias"].clone()
-    from safetensors.torch import save_file
+    tensors["extra.bias"] = tensors["conv_last.bias"].copy()
+    from safetensors.numpy import save_file
 
     path = tmp_path / "mine.safetensors"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path)
     with pytest.raises(StoreError, match=r"mine.safetensors matches no catalog model; closest is 'tiny-x2' .*unexpected tensor extra.bias"):
         recognise_mod.recognise(path)
     with pytest.raises(StoreError, match=r"is not a checkpoint of 'tiny-x4': tensor .*expected shape"):

@@ -144,7 +144,7 @@ def _recorded(target: Path) -> Parity | None:
         return None
     try:
         info = json.loads(target.with_suffix(".json").read_text())
-        return Parity(info["max_abs_diff"], info["tolerance"])
+        return Parity(info["max_abs_diff"], info["tolerance"], info.get("scale", 1.0))
     except (OSError, ValueError, KeyError):
         return None
 
@@ -182,12 +182,13 @@ def _export_graph(spec, module: torch.nn.Module, target: Path, tile: int, precis
                               f"{str(e).strip().splitlines()[0][:200]}; the export was discarded") from None
         if not result.ok:
             raise ExportError(f"'{name}' {precision} export differs from PyTorch by {result.max_abs_diff:.3g} "
-                              f"(tolerance {tolerance:g}); the export was discarded")
+                              f"(tolerance {tolerance:g} x output scale {result.scale:.3g}); the export was discarded")
         os.replace(scratch, target)
     finally:
         scratch.unlink(missing_ok=True)
     record = {"model": spec.id, **({"part": part} if part else {}), "precision": precision, "tile": tile,
-              "dynamic_hw": dynamic, "max_abs_diff": result.max_abs_diff, "tolerance": tolerance}
+              "dynamic_hw": dynamic, "max_abs_diff": result.max_abs_diff, "tolerance": tolerance,
+              "scale": result.scale}
     target.with_suffix(".json").write_text(json.dumps(record, indent=1))
     return result
 

@@ -35,6 +35,54 @@ class RequestError(Exception):
     """The request cannot be served (unknown model, nothing installed for a task); exit 2."""
 
 
+class ModelMissing(RequestError):
+    """The request needs a model that is not installed but could be downloaded: `specs` are
+    the catalog entries to fetch (the model, then what it needs that is missing), `wanted`
+    says what needed them (a task or a model id). The message is the install hint."""
+
+    def __init__(self, message: str, specs: list[ModelSpec], wanted: str):
+        super().__init__(message)
+        self.specs = list(specs)
+        self.wanted = wanted
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self.specs)
+
+
+def downloadable(spec: ModelSpec) -> bool:
+    """restorer can fetch this entry's files itself (no browser page, no login)."""
+    from restorer.zoo.download import can_download
+
+    if not spec.released or spec.builtin:
+        return False
+    if spec.is_pipeline:
+        return True
+    return bool(spec.files) and all(can_download(f) for f in spec.files)
+
+
+def to_download(spec: ModelSpec, catalog: Catalog) -> list[ModelSpec] | None:
+    """What must be downloaded for `spec` to run (itself and its missing needs), or None when
+    some of it cannot be downloaded automatically."""
+    from restorer.zoo.layout import is_installed
+
+    out: list[ModelSpec] = []
+
+    def visit(s: ModelSpec) -> bool:
+        if s.id in {o.id for o in out} or is_ready(s):
+            return True
+        if not downloadable(s):
+            return False
+        if not s.is_pipeline and not is_installed(s):
+            out.append(s)
+        for need in s.needs:
+            if need not in catalog or not visit(catalog.get(need)):
+                return False
+        return True
+
+    return out if visit(spec) and out else None
+
+
 @dataclass
 class Options:
     device: str = "auto"
@@ -130,6 +178,9 @@ def resolve_model(model_id: str, options: Options, catalog: Catalog | None = Non
     if not spec.tasks and not spec.is_pipeline:
         raise RequestError(f"model '{spec.id}' is a part of a pipeline, not something to run on its own")
     if not installed(spec):
+        fetch = to_download(spec, catalog)
+        if fetch:
+            raise ModelMissing(install_hint(spec), fetch, spec.id)
         raise RequestError(install_hint(spec))
     task = spec.tasks[0] if spec.tasks else "restore"
     return Step(task, spec.id, _backend_of(spec), _step_options(spec, options), why="chosen with --model")
@@ -156,6 +207,10 @@ def resolve_task(task: str, options: Options, catalog: Catalog | None = None, pr
         spec = builtins[0]
         return Step(task, spec.id, Backend.BUILTIN, _step_options(spec, options), prompt=prompt,
                     why=f"no network for {task} is installed; using the built-in operator")
+    for spec in candidates:
+        fetch = to_download(spec, catalog)
+        if fetch:
+            raise ModelMissing(no_backend_message(task, catalog), fetch, task)
     raise RequestError(no_backend_message(task, catalog))
 
 

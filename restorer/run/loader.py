@@ -15,6 +15,7 @@ from restorer.archs.requirements import Requirements
 from restorer.run.runner import Runner, RunnerInfo
 from restorer.zoo.catalog import ModelSpec, install_hint
 from restorer.zoo.layout import StoreError, is_installed, onnx_path
+from restorer.zoo.templates import install_from_template
 
 
 def build_runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32", part: str | None = None,
@@ -33,6 +34,13 @@ def build_runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32",
             return runner
     if not is_installed(spec):
         raise StoreError(install_hint(spec))
+    if part is None and precision == "fp32" and install_from_template(spec) is not None:
+        # a shipped ONNX template filled with the checkpoint: runs without torch, from now on
+        from restorer.run.onnx import OnnxRunner
+
+        runner = OnnxRunner(onnx_path(spec), RunnerInfo(spec.id, "", ""), needs, device=device)
+        runner.info.notes.append("ONNX model made from restorer's template (no PyTorch needed)")
+        return runner
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -36,7 +36,8 @@ def load_module(spec: ModelSpec) -> torch.nn.Module:
     path = weights_path(spec)
     if not path.is_file():
         raise StoreError(install_hint(spec))
-    tensors = load_state_dict(path, spec)
+    # numpy arrays (views of the memory-mapped file); an unaligned one (legacy files) is copied
+    tensors = {k: torch.from_numpy(np.require(v, requirements="A")) for k, v in load_state_dict(path, spec).items()}
     module = build(spec.arch, spec.hparams)
     if _lenient(spec):
         known = module.state_dict().keys()

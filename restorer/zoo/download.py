@@ -2,7 +2,16 @@
 
 Downloads come from the catalog's URL, or from a mirror: `download(..., base_url=...)` or the
 RESTORER_MIRROR environment variable, which serves each file under the last path segment
-of its official URL (`<mirror>/<file name>`)."""
+of its official URL (`<mirror>/<file name>`).
+
+Each host is fetched with the library made for it, and restorer's own checksum check and
+atomic install are wrapped around all of them:
+  - Hugging Face `.../<repo>/resolve/<rev>/<path>` URLs: huggingface_hub (resume; the host
+    from HF_ENDPOINT when set, e.g. a mirror; HF_TOKEN for gated repos);
+  - Google Drive *file* links: gdown (the virus-scan confirmation page of large files,
+    resume); RESTORER_DRIVE_BASE sends its requests to another base URL (a test server);
+  - anything else (GitHub releases, mirrors): plain HTTP with Range resume (`fetch`).
+Drive folder links, Baidu and login-only pages stay "save it by hand, then models add"."""
 
 from __future__ import annotations
 
@@ -39,6 +48,93 @@ def mirror_url(url: str, base_url: str | None = None) -> str:
     if not base:
         return url
     return base.rstrip("/") + "/" + PurePosixPath(unquote(urlparse(url).path)).name
+
+
+DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
+HF_HOSTS = ("huggingface.co", "hf.co")
+
+
+def drive_file_id(url: str) -> str | None:
+    """The file id of a Google Drive *file* link (/file/d/ID/..., ?id=ID); None for folders
+    and other hosts."""
+    import re
+    from urllib.parse import parse_qs
+
+    parsed = urlparse(url)
+    if parsed.hostname not in DRIVE_HOSTS or "/folders/" in parsed.path:
+        return None
+    m = re.match(r"^/file/(?:u/\d+/)?d/([-\w]+)", parsed.path)
+    if m:
+        return m.group(1)
+    ids = parse_qs(parsed.query).get("id", [])
+    return ids[0] if len(ids) == 1 and parsed.path.rstrip("/") in ("/uc", "/open", "/download") else None
+
+
+def hf_parts(url: str) -> tuple[str, str, str, str] | None:
+    """(endpoint, repo id, revision, file path) of a Hugging Face resolve URL, else None.
+    The endpoint is HF_ENDPOINT when set (a mirror), else the URL's own scheme and host."""
+    parsed = urlparse(url)
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/")
+    hosts = set(HF_HOSTS) | ({urlparse(endpoint).netloc} if endpoint else set())
+    if parsed.netloc not in hosts:
+        return None
+    parts = unquote(parsed.path).strip("/").split("/")
+    if "resolve" not in parts:
+        return None
+    i = parts.index("resolve")
+    if i < 1 or len(parts) < i + 3:
+        return None
+    repo = "/".join(parts[:i])
+    for prefix in ("models/",):
+        repo = repo.removeprefix(prefix)
+    return endpoint or f"{parsed.scheme}://{parsed.netloc}", repo, parts[i + 1], "/".join(parts[i + 2:])
+
+
+def can_download(f: FileSpec) -> bool:
+    """restorer can fetch this file itself: a direct URL, a Hugging Face file or a Google
+    Drive file link (not a Drive folder, Baidu or a login page)."""
+    if not f.url:
+        return False
+    return not f.browser or drive_file_id(f.url) is not None
+
+
+def by_hand(spec: ModelSpec, f: FileSpec) -> str:
+    where = f.url or "its authors' page"
+    return (f"model '{spec.id}': {f.name} cannot be downloaded automatically; "
+            f"download it in a browser from {where} then run: "
+            f"restorer-cli models add {f.name} --id {spec.id}")
+
+
+def _unreachable(url: str, error) -> StoreError | None:
+    """A one-line error when `error` says the host could not be reached at all (DNS, refused)."""
+    import socket
+
+    chain, e = [], error
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = getattr(e, "reason", None) if isinstance(getattr(e, "reason", None), BaseException) else (e.__cause__ or e.__context__)
+    text = " ".join(str(c) for c in chain).lower()
+    if any(isinstance(c, (socket.gaierror, ConnectionRefusedError)) for c in chain) or any(
+            k in text for k in ("name or service not known", "nodename nor servname", "temporary failure in name resolution",
+                                "getaddrinfo failed", "connection refused", "failed to resolve")):
+        host = urlparse(url).netloc or url
+        reason = next((str(c) for c in chain if isinstance(c, (socket.gaierror, ConnectionRefusedError))), str(error))
+        return StoreError(f"cannot reach {host}: {reason.splitlines()[0] if reason else 'no connection'}")
+    return None
+
+
+def _resolve_host(url: str) -> None:
+    """Fail at once, in one line, when the host's name does not resolve (the host libraries
+    retry a DNS failure with back-off for half a minute before giving up)."""
+    import socket
+
+    parsed = urlparse(url)
+    if not parsed.hostname:
+        return
+    try:
+        socket.getaddrinfo(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except socket.gaierror as e:
+        raise StoreError(f"cannot reach {parsed.netloc}: {e}") from None
 
 
 def _part_path(url: str) -> Path:
@@ -86,6 +182,9 @@ def fetch(url: str, part: Path, *, progress: ProgressCallback | None = None, att
                 return part
             raise StoreError(f"download failed: HTTP {e.code} {e.reason} from {url}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            unreachable = _unreachable(url, e)
+            if unreachable is not None:
+                raise unreachable from None
             reason = getattr(e, "reason", None) or e
             last_error = f"{reason}"
     raise StoreError(f"download of {url} interrupted ({last_error}); run the same command again to resume")
@@ -98,7 +197,9 @@ def download(spec: ModelSpec, progress: ProgressCallback | None = None, *, base_
     Each file is checked before it is moved into place: its sha256 when the catalog knows
     it, else its tensors against the entry's signature; on a mismatch nothing is kept.
     An archive installs every catalog entry it holds (they share its URL). Files behind a
-    page a person must open (Google Drive) are not tried: the error says what to do.
+    page a person must open (a Drive folder, Baidu) are not tried: the error says what to do.
+    Hugging Face files go through huggingface_hub, Drive file links through gdown, the rest
+    through plain HTTP (`fetch`); a mirror (`base_url`, RESTORER_MIRROR) is plain HTTP.
     """
     catalog = _catalog(catalog)
     if not spec.released:
@@ -112,13 +213,10 @@ def download(spec: ModelSpec, progress: ProgressCallback | None = None, *, base_
     for f in spec.files:
         if (model_dir(spec) / f.name).is_file():
             continue
-        if f.browser or not f.url:
-            where = f.url or "its authors' page"
-            raise StoreError(f"model '{spec.id}': {f.name} cannot be downloaded automatically; "
-                             f"download it in a browser from {where} then run: "
-                             f"restorer-cli models add {f.name} --id {spec.id}")
+        if not can_download(f):
+            raise StoreError(by_hand(spec, f))
         url = mirror_url(f.url, base_url)
-        part = fetch(url, _part_path(url), progress=progress)
+        part = _fetch_any(url, mirrored=url != f.url, progress=progress)
         try:
             if f.member:
                 installed += _install_from_archive(part, f.url, catalog, label=url, required=spec.id)
@@ -128,6 +226,146 @@ def download(spec: ModelSpec, progress: ProgressCallback | None = None, *, base_
         finally:
             part.unlink(missing_ok=True)
     return installed
+
+
+def _fetch_any(url: str, *, mirrored: bool, progress: ProgressCallback | None) -> Path:
+    """Fetch `url` into a file of our own under <store>/downloads, with the library made for
+    its host; the caller checks it and moves it into place."""
+    if not mirrored:
+        hf = hf_parts(url)
+        if hf is not None:
+            return fetch_hf(url, *hf, progress=progress)
+        file_id = drive_file_id(url)
+        if file_id is not None:
+            return fetch_drive(url, file_id, progress=progress)
+    return fetch(url, _part_path(url), progress=progress)
+
+
+def fetch_hf(url: str, endpoint: str, repo_id: str, revision: str, filename: str, *,
+             progress: ProgressCallback | None = None) -> Path:
+    """One file of a Hugging Face repo through huggingface_hub, into <store>/downloads/hf
+    (its own resume of an interrupted transfer); the token is HF_TOKEN's, when set."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub import errors as hf_errors
+    except ImportError:  # the library is a dependency; fall back to plain HTTP without it
+        return fetch(url, _part_path(url), progress=progress)
+    local_dir = home() / "downloads" / "hf" / hashlib.sha1(f"{endpoint}/{repo_id}@{revision}".encode()).hexdigest()[:10]
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+    _resolve_host(endpoint)
+    try:
+        path = hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint, local_dir=local_dir,
+                               token=token if token else False)
+    except (hf_errors.GatedRepoError, hf_errors.RepositoryNotFoundError) as e:
+        raise StoreError(_hf_denied(url, getattr(getattr(e, "response", None), "status_code", None))) from None
+    except hf_errors.LocalEntryNotFoundError as e:  # the Hub could not be reached (and no cached copy)
+        unreachable = _unreachable(endpoint, e)
+        if unreachable is not None:
+            raise unreachable from None
+        host = urlparse(endpoint).netloc
+        cause = e.__cause__ or e.__context__
+        raise StoreError(f"cannot reach {host}: {str(cause or e).splitlines()[0] if str(cause or e) else 'no connection'}") from None
+    except hf_errors.EntryNotFoundError:
+        raise StoreError(f"download failed: HTTP 404 from {url}") from None
+    except hf_errors.HfHubHTTPError as e:
+        code = getattr(getattr(e, "response", None), "status_code", None)
+        if code in (401, 403):
+            raise StoreError(_hf_denied(url, code)) from None
+        raise StoreError(f"download failed: HTTP {code} from {url}") from None
+    except Exception as e:  # connection errors come as httpx / LocalEntryNotFound errors
+        unreachable = _unreachable(endpoint, e)
+        if unreachable is not None:
+            raise unreachable from None
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise StoreError(f"download of {url} interrupted ({first}); run the same command again to resume") from None
+    path = Path(path)
+    if progress:
+        size = path.stat().st_size
+        progress(size, size)
+    return path
+
+
+def _hf_denied(url: str, code) -> str:
+    how = ("HF_TOKEN is set but was refused: check that it may read this repo and that its licence was accepted"
+           if os.environ.get("HF_TOKEN") else
+           "the repo may be gated or private: accept its licence on huggingface.co, then set HF_TOKEN to an access token")
+    return f"download failed: HTTP {code or 401} from {url}; {how}"
+
+
+def _drive_session_hook(base: str):
+    """A context in which gdown's requests to Google's hosts go to `base` instead (a test
+    server or a mirror speaking Drive's protocol: RESTORER_DRIVE_BASE)."""
+    import contextlib
+
+    from requests.adapters import HTTPAdapter
+
+    class Redirect(HTTPAdapter):
+        def send(self, request, **kwargs):
+            parsed = urlparse(request.url)
+            request.url = base.rstrip("/") + parsed.path + (f"?{parsed.query}" if parsed.query else "")
+            return super().send(request, **kwargs)
+
+    @contextlib.contextmanager
+    def hook():
+        import importlib
+
+        gd = importlib.import_module("gdown.download")  # the module (gdown.download is also a function)
+
+        original = gd._get_session
+
+        def session(**kwargs):
+            sess, cookies = original(**kwargs)
+            for host in DRIVE_HOSTS:
+                sess.mount(f"https://{host}/", Redirect())
+            return sess, cookies
+
+        gd._get_session = session
+        try:
+            yield
+        finally:
+            gd._get_session = original
+
+    return hook()
+
+
+def fetch_drive(url: str, file_id: str, *, progress: ProgressCallback | None = None) -> Path:
+    """A Google Drive file through gdown (it answers the confirmation page of large files),
+    into a part file of ours that a later call resumes."""
+    import contextlib
+
+    try:
+        import gdown
+    except ImportError:
+        raise StoreError(f"gdown is needed to download from Google Drive ({url}): pip install gdown") from None
+    part = _part_path(f"https://drive.google.com/uc?id={file_id}")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    base = os.environ.get("RESTORER_DRIVE_BASE", "")
+    hook = _drive_session_hook(base) if base else contextlib.nullcontext()
+    _resolve_host(base or "https://drive.google.com")
+    total = 0
+
+    def on_chunk(done: int, size: int | None) -> None:
+        nonlocal total
+        total = size or total
+        if progress:
+            progress(done, total)
+
+    try:
+        with hook:
+            gdown.download(id=file_id, output=str(part), quiet=True, resume=True, progress=on_chunk,
+                           use_cookies=False, retries=2, timeout=60)
+    except Exception as e:
+        unreachable = _unreachable(base or "https://drive.google.com", e)
+        if unreachable is not None:
+            raise unreachable from None
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        if type(e).__name__ == "FileURLRetrievalError":
+            raise StoreError(f"Google Drive would not hand out {url} ({first}); download it in a browser, "
+                             f"then run: restorer-cli models add FILE --id ID") from None
+        raise StoreError(f"download of {url} interrupted ({first}); run the same command again to resume") from None
+    if not part.is_file():
+        raise StoreError(f"download of {url} produced no file")
+    return part
 
 
 def _check_download(path: Path, spec: ModelSpec, f: FileSpec, url: str) -> None:

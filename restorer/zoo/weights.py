@@ -1,14 +1,18 @@
-"""Reading checkpoints safely: safetensors, or PyTorch files through a weights-only load;
-nothing in a model file is ever run."""
+"""Reading checkpoints safely and without torch: safetensors, or PyTorch files through
+restorer.zoo.torchfile (a restricted unpickler); tensors come out as numpy arrays, memory-
+mapped where the format allows, and nothing in a model file is ever run."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import re
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
+from restorer.zoo import torchfile
 from restorer.zoo.catalog import ModelSpec
 from restorer.zoo.layout import StoreError
 
@@ -20,39 +24,6 @@ def _lenient(spec: ModelSpec | None) -> bool:
     """The official loader keeps only the keys it knows (old-photo VAE and mapping), so
     released files may hold extra tensors: catalog `strict = false`."""
     return spec is not None and spec.extra.get("strict") is False
-
-
-def _torch_load(path: Path):
-    """torch.load that never unpickles anything but tensors and plain containers."""
-    import pickle
-
-    import torch
-
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            # Files in the legacy (pre-zip) format cannot be memory-mapped.
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise StoreError(f"refusing to load {path.name}: {_pickle_reason(str(e))}; "
-                         "only plain tensor files are loaded (nothing in it was run)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        first = first.split(". ")[0]  # torch appends paragraphs of advice after the cause
-        raise StoreError(f"cannot read {path.name} as a PyTorch checkpoint: {first}") from None
-
-
-def _pickle_reason(message: str) -> str:
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-    if found:
-        return f"its pickle calls {found.group(1)}"
-    found = re.search(r"Unsupported operand (\d+)", message)
-    if found:
-        return f"its pickle uses an instruction a weights file never needs (opcode {found.group(1)})"
-    return "its pickle holds more than tensors"
 
 
 def _unwrap(obj, wrapper_key: str = "") -> dict:
@@ -71,10 +42,11 @@ def _is_tensor(value) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
-def load_state_dict(path: str | os.PathLike, spec: ModelSpec | None = None) -> dict:
-    """A checkpoint's tensors by name, loaded safely: safetensors, or torch.load with
-    weights_only (never a full unpickle). Tensors are torch tensors when torch imports,
-    else numpy arrays (safetensors only)."""
+def load_state_dict(path: str | os.PathLike, spec: ModelSpec | None = None) -> dict[str, np.ndarray]:
+    """A checkpoint's tensors by name as numpy arrays (bfloat16 widened to float32), read
+    safely and without torch: safetensors, or a PyTorch file through the restricted
+    unpickler of restorer.zoo.torchfile (never a full unpickle). The arrays are copy-on-write
+    views of the memory-mapped file where the format allows."""
     return _read_tensors(Path(path), spec.wrapper_key if spec else "")
 
 
@@ -98,23 +70,51 @@ def _read_tensors(path: Path, wrapper_key: str) -> dict:
     if not path.is_file():
         raise StoreError(f"cannot read '{path}': no such file")
     if file_kind(path) == "safetensors":
-        try:
-            import torch  # noqa: F401
-            from safetensors.torch import load_file
-        except ImportError:
-            from safetensors.numpy import load_file
-        try:
-            tensors = load_file(str(path))
-        except Exception as e:
-            raise StoreError(f"cannot read {path.name} as safetensors: {str(e).splitlines()[0]}") from None
-        return _unwrap(tensors, wrapper_key)
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise StoreError(f"{path.name} is a PyTorch checkpoint and PyTorch is not installed: "
-                         "pip install 'restorer[torch]' (or use a .safetensors file)") from None
-    raw = _unwrap(_torch_load(path), wrapper_key)
+        return _unwrap(_read_safetensors(path), wrapper_key)
+    raw = _unwrap(torchfile.load(path), wrapper_key)
     return {k: v for k, v in raw.items() if _is_tensor(v)}
+
+
+# safetensors dtype -> numpy ("bf16": raw uint16, widened to float32)
+_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "bf16", "I64": "<i8", "I32": "<i4",
+              "I16": "<i2", "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+              "C64": "<c8"}
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file's tensors: copy-on-write views of the memory-mapped file, every
+    header entry checked against the file (dtype, shape times element size, offsets)."""
+    header = _safetensors_header(path)
+    with open(path, "rb") as f:
+        start = 8 + int.from_bytes(f.read(8), "little")
+    size = path.stat().st_size - start
+    data = None
+    out = {}
+    for name, entry in header.items():
+        try:
+            code, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise StoreError(f"cannot read {path.name} as safetensors: bad header entry for {name}") from None
+        kind = _ST_DTYPES.get(code)
+        if kind is None:
+            raise StoreError(f"cannot read {path.name} as safetensors: tensor {name} has dtype {code}, "
+                             "which restorer does not read")
+        elem = np.dtype("<u2" if kind == "bf16" else kind)
+        if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)
+                and all(type(o) is int for o in (begin, end)) and 0 <= begin <= end <= size
+                and end - begin == math.prod(shape) * elem.itemsize):
+            raise StoreError(f"cannot read {path.name} as safetensors: tensor {name}'s shape and "
+                             "offsets do not fit the file")
+        if end == begin:
+            array = np.zeros(shape, elem)
+        else:
+            if data is None:
+                data = np.memmap(path, dtype=np.uint8, mode="c")
+            array = data[start + begin:start + end].view(np.ndarray).view(elem).reshape(shape)
+        if kind == "bf16":
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        out[name] = array
+    return out
 
 
 def _safetensors_header(path: Path) -> dict:
@@ -129,19 +129,26 @@ def _safetensors_header(path: Path) -> dict:
             header = json.loads(f.read(n))
         except ValueError:
             raise StoreError(f"cannot read {path.name} as safetensors: the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise StoreError(f"cannot read {path.name} as safetensors: the header is not a JSON object")
     header.pop("__metadata__", None)
     return header
 
 
 def tensor_shapes(path: str | os.PathLike, wrapper_key: str = "") -> dict[str, tuple[int, ...]]:
     """Names and shapes of a checkpoint's tensors, without reading their data: the
-    safetensors JSON header, or a memory-mapped weights-only torch.load."""
+    safetensors JSON header, or the PyTorch file's records (its storages memory-mapped,
+    never read)."""
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"cannot read '{path}': no such file")
     if file_kind(path) == "safetensors":
         header = _safetensors_header(path)
-        return {(k[len("module."):] if k.startswith("module.") else k): tuple(v["shape"])
-                for k, v in header.items()}
-    return {k: tuple(v.shape) for k, v in _read_tensors(path, wrapper_key).items()}
+        try:
+            return {(k[len("module."):] if k.startswith("module.") else k): tuple(v["shape"])
+                    for k, v in header.items()}
+        except (KeyError, TypeError):
+            raise StoreError(f"cannot read {path.name} as safetensors: a header entry without a shape") from None
+    raw = _unwrap(torchfile.load(path, arrays=False), wrapper_key)
+    return {k: tuple(v.shape) for k, v in raw.items() if isinstance(v, torchfile.TensorInfo)}
 
