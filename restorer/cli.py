@@ -228,7 +228,7 @@ def fetch_models(specs, quiet: bool = False) -> str | None:
     torch is here (the eager runner works without it). Returns an error line, or None."""
     import importlib.util
 
-    from restorer.zoo import download as download_mod
+    from restorer.models_cli import download_with_progress
     from restorer.zoo.catalog import human_size
     from restorer.zoo.layout import StoreError
 
@@ -236,27 +236,10 @@ def fetch_models(specs, quiet: bool = False) -> str | None:
     for spec in specs:
         size = human_size(spec.size)
         print(f"{PROG}: downloading {spec.id}" + (f" ({size})" if size != "-" else ""), file=sys.stderr)
-        bar = None
-
-        def progress(done: int, total: int) -> None:
-            nonlocal bar
-            if not show:
-                return
-            if bar is None:
-                from tqdm import tqdm
-
-                bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=spec.id, file=sys.stderr)
-            bar.total = total or None
-            bar.n = done
-            bar.refresh()
-
         try:
-            download_mod.download(spec, progress=progress)
+            download_with_progress(spec, show=show)
         except StoreError as e:
             return str(e)
-        finally:
-            if bar is not None:
-                bar.close()
     if importlib.util.find_spec("torch") is not None:
         for spec in specs:
             if not spec.tasks:

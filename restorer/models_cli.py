@@ -169,9 +169,8 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_download(args) -> int:
-    spec = _spec(args.id)
-    show = sys.stderr.isatty()
+def download_with_progress(spec: ModelSpec, *, show: bool, base_url: str | None = None):
+    """download_mod.download with a byte progress bar on stderr when `show`."""
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -187,10 +186,15 @@ def cmd_download(args) -> int:
         bar.refresh()
 
     try:
-        installed = download_mod.download(spec, progress=progress, base_url=args.mirror)
+        return download_mod.download(spec, progress=progress, base_url=base_url)
     finally:
         if bar is not None:
             bar.close()
+
+
+def cmd_download(args) -> int:
+    spec = _spec(args.id)
+    installed = download_with_progress(spec, show=sys.stderr.isatty(), base_url=args.mirror)
     if not installed:
         print(f"{spec.id}: already installed")
     for model_id, path in installed:

@@ -226,6 +226,16 @@ def test_hugging_face_gated_repo_mentions_hf_token(monkeypatch):
 
 
 def test_unreachable_host_is_said_in_one_line(monkeypatch):
+    import socket
+
+    real = socket.getaddrinfo
+
+    def no_dns(host, *args, **kwargs):  # a name that does not resolve, without asking a resolver
+        if host == "no-such-host.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     spec = catalog(monkeypatch, "http://no-such-host.invalid/tiny-hat.safetensors")
     with pytest.raises(StoreError) as e:
         dl.download(spec)
