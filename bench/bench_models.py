@@ -4,7 +4,7 @@ Random weights at the RELEASED hyperparameters (the catalog entries `hat-s-x4` a
 `mambair-light-x4`; for MambaIR the released-checkpoint manifest in tests/fixtures when the
 catalog has no entry yet). Each case runs in its own process, so its peak RSS
 (resource.getrusage ru_maxrss) is its own:
-- export: restorer.export.export_onnx, batch-2 example, dynamic H/W, opset 18;
+- export: restorer.convert.graph.export_onnx, batch-2 example, dynamic H/W, opset 18;
 - torch:  eager PyTorch on one TILE x TILE tile, warm-up then RUNS timed runs;
 - onnx:   ONNX Runtime (CPUExecutionProvider) on the same tile.
 Throughput is in input megapixels per second. Then the selective scan: bench/bench_scan.py

@@ -4,9 +4,9 @@ facts (tensor names and shapes of the released checkpoints, official hyperparame
 Contract every architecture keeps:
 - `state_dict()` names and shapes equal those of the officially released checkpoints, so
   `load_state_dict(sd, strict=True)` succeeds on them (after the catalog's wrapper key and
-  `module.` prefix are removed by restorer.store).
+  `module.` prefix are removed by restorer.zoo.weights).
 - The constructor takes the official hyperparameter names as keyword arguments and works
-  under `with torch.device("meta"):` (restorer.store builds shape-only modules to recognise
+  under `with torch.device("meta"):` (restorer.archs.tensor_layout builds shape-only modules to recognise
   a checkpoint by its tensors).
 - `forward` takes NCHW float32 in the value range the catalog entry states (`input_range`)
   and is traceable by torch.onnx.export with dynamic height and width where the arch allows.

@@ -253,7 +253,7 @@ class GaRNet(nn.Module):
 
 
 def example_inputs(hparams: dict, tile: int) -> dict[str, torch.Tensor]:
-    """Inputs to export and check the network with (restorer.export): an image in [-1, 1]
+    """Inputs to export and check the network with (restorer.convert.export): an image in [-1, 1]
     and a box mask with two filled text lines, `tile` pixels square (made a multiple of 32)."""
     side = max(PAD_MULTIPLE, tile - tile % PAD_MULTIPLE)
     generator = torch.Generator().manual_seed(0)

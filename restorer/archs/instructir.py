@@ -172,7 +172,7 @@ class LanguageHead(nn.Module):
 
 
 def example_inputs(hparams: dict, tile: int) -> dict[str, torch.Tensor]:
-    """Inputs to export and check the image model with (restorer.export): an image in
+    """Inputs to export and check the image model with (restorer.convert.export): an image in
     [0, 1], `tile` pixels square, and a unit-norm instruction embedding [1, txtdim]."""
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, hparams.get("img_channel", 3), tile, tile, generator=generator)

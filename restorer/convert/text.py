@@ -57,7 +57,7 @@ def export_language_head(head: LanguageHead, path: str | Path) -> Path:
     "embedding" [B, hidden_dim] and "logits" [B, num_classes], batch dynamic.
 
     The restore-time path (restorer.pipelines.text_encoder.InstructionEncoder) reads the outputs by
-    position, so a head exported by the generic restorer.export.export_onnx works as well.
+    position, so a head exported by the generic restorer.convert.graph.export_onnx works as well.
     """
     sample = torch.zeros(2, head.fc1.in_features)
     batch = torch.export.Dim("batch", min=1, max=1024)

@@ -47,7 +47,7 @@ def weight_paths(spec: ModelSpec) -> list[Path]:
 
 def onnx_path(spec: ModelSpec, precision: str = "fp32", part: str | None = None) -> Path:
     """The exported network, or with `part` one of its sub-graphs exported on its own
-    (the family's EXPORT_PARTS, e.g. the old-photo VAE's encoder and decoder)."""
+    (the architecture's declared export parts, e.g. the old-photo VAE's encoder and decoder)."""
     name = f"{spec.id}.{part}.{precision}" if part else f"{spec.id}.{precision}"
     return home() / "onnx" / f"{name}.onnx"
 

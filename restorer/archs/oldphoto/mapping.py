@@ -303,7 +303,7 @@ _PATCH_ATTENTION_OPTIONS = ("mapping_exp",)
 
 
 def example_inputs(hparams: dict, tile: int) -> dict[str, torch.Tensor]:
-    """Inputs to export and check a mapping with (restorer.export), for a `tile` pixels
+    """Inputs to export and check a mapping with (restorer.convert.export), for a `tile` pixels
     square image: its latent (N x 64 x tile/4 x tile/4, rounded to whole 8-patches) and,
     for the masked mappings, a scratch mask at image resolution (a band and a line)."""
     side = max(8, tile // 4 - tile // 4 % 8)  # latent side; attention memory grows with side**4

@@ -2,7 +2,7 @@
 
 Two VAEs with the same shapes are released: VAE_A (old photos; only its encoder runs at
 test time) and VAE_B (clean photos; only its decoder runs). The pipeline therefore needs
-the two halves as separate graphs: `EXPORT_PARTS` names them for restorer.export (plain
+the two halves as separate graphs: restorer.archs.ARCHS declares them as export parts (plain
 nn.Sequential modules taking one NCHW tensor), or call `encode` / `decode`.
 
 With the released options (ngf 64, mc 64, k_size 4, n_downsample_global 3, start_r 1,
@@ -112,13 +112,13 @@ class GlobalVAE(nn.Module):
         return self.decoder(self.encoder(image))
 
 
-# The sub-graphs restorer.export writes on their own (onnx/<id>.<part>.<precision>.onnx):
+# The sub-graphs restorer.convert.export writes on their own (onnx/<id>.<part>.<precision>.onnx):
 # the pipeline runs VAE_A's encoder and VAE_B's decoder, never a whole VAE.
 
 
 
 def example_inputs(hparams: dict, tile: int, part: str | None = None) -> dict[str, torch.Tensor]:
-    """Inputs to export and check a VAE (or its `part`) with (restorer.export): an RGB
+    """Inputs to export and check a VAE (or its `part`) with (restorer.convert.export): an RGB
     image in [-1, 1], `tile` pixels square (rounded to the latent's stride), or for the
     decoder a latent of the encoder's shape for that image."""
     import inspect
