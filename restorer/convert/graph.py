@@ -7,13 +7,13 @@ where the legacy TorchScript exporter bakes the export size into some reshapes.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from restorer.io.atomic import atomic_path
 from restorer.run.onnx import create_session
 
 OPSET = 18
@@ -87,10 +87,7 @@ def write_onnx(
     bake a weight into a folded constant, e.g. HAT's bias table gathered by its index);
     ONNX Runtime folds them when it loads the model."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with torch.no_grad():
             program = torch.onnx.export(
                 module.eval(),
@@ -104,19 +101,15 @@ def write_onnx(
                 optimize=fold_constants,
                 verbose=False,
             )
-        program.save(tmp)
+        program.save(str(tmp))
         if metadata:
             import onnx
 
-            proto = onnx.load(tmp)
+            proto = onnx.load(str(tmp))
             for key, value in metadata.items():
                 entry = proto.metadata_props.add()
                 entry.key, entry.value = key, str(value)
-            onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            onnx.save(proto, str(tmp))
     return path
 
 

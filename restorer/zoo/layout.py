@@ -13,11 +13,10 @@ Layout under the store's home (platformdirs' user data dir; RESTORER_HOME overri
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from restorer.io.atomic import atomic_path
 from restorer.zoo.catalog import Catalog, FileSpec, ModelSpec, load_catalog
 from restorer.zoo.home import home
 
@@ -139,13 +138,10 @@ def installed_record(spec: ModelSpec) -> dict:
 def _write_record(spec: ModelSpec, name: str, sha: str, size: int, source: str) -> None:
     record = installed_record(spec)
     record[name] = {"sha256": sha, "size": size, "source": source}
-    _atomic_write_text(_record_path(spec), json.dumps(record, indent=1))
+    write_text_atomic(_record_path(spec), json.dumps(record, indent=1))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 

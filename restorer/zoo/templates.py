@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from restorer.io.atomic import atomic_path
 from restorer.zoo.catalog import ModelSpec
-from restorer.zoo.layout import StoreError, onnx_path, weights_path
+from restorer.zoo.layout import StoreError, onnx_path, weights_path, write_text_atomic
 from restorer.zoo.weights import load_state_dict
 
 METADATA_KEY = "restorer.weights"
@@ -63,15 +62,8 @@ def fill(template: Path, tensors: dict, target: Path) -> Path:
             array = array.T
         array = np.ascontiguousarray(array.reshape(entry["shape"]).astype(entry["dtype"]))
         model.graph.initializer.append(numpy_helper.from_array(array, entry["name"]))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target) as tmp:
+        onnx.save(model, str(tmp))
     return target
 
 
@@ -84,5 +76,5 @@ def install_from_template(spec: ModelSpec, folder: Path | None = None) -> Path |
     tensors = {k: np.asarray(v) for k, v in load_state_dict(weights_path(spec), spec).items()}
     target = fill(template, tensors, onnx_path(spec))
     record = {"model": spec.id, "precision": "fp32", "template": template.stem, "dynamic_hw": True}
-    target.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    write_text_atomic(target.with_suffix(".json"), json.dumps(record, indent=1))
     return target
