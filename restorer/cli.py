@@ -133,7 +133,7 @@ def run(args) -> int:
         except ModelMissing as e:
             ids = [s.id for s in e.specs]
             if asked & set(ids) or not _consent(args, e):
-                return fail(_missing_message(e))
+                return fail(str(e))
             asked |= set(ids)
             problem = fetch_models(e.specs, quiet=args.quiet)
             if problem:
@@ -186,15 +186,6 @@ def run(args) -> int:
     return report(args, plan, items)
 
 
-def _missing_message(e) -> str:
-    """The install hint, or the download command where the hint sends people to a browser
-    for a file restorer can now fetch itself (a Google Drive file link)."""
-    message = str(e)
-    if "models download" not in message and e.specs:
-        message = f"model '{e.specs[0].id}' is not installed: restorer-cli models download {e.specs[0].id}"
-    return message
-
-
 def _consent(args, e) -> bool:
     """--download / --no-download decide; else ask once on a terminal (default yes); a run
     without a terminal does not download."""
@@ -202,17 +193,8 @@ def _consent(args, e) -> bool:
         return args.download
     if not sys.stdin.isatty():
         return False
-    from restorer.zoo.catalog import human_size
-
-    main = e.specs[0]
-    names = ", ".join(s.id for s in e.specs)
-    known = all(f.size for s in e.specs for f in s.files)
-    size = human_size(e.size) if known else (f"over {human_size(e.size)}" if e.size else "-")
-    licences = ", ".join(dict.fromkeys(s.licence for s in e.specs if s.licence)) or "unknown"
-    nc = " (non-commercial)" if any(s.non_commercial for s in e.specs) else ""
-    what = e.wanted if e.wanted != main.id else f"--model {main.id}"
-    print(f"{PROG}: {what} needs {names}, {size if size != '-' else 'size unknown'}, licence {licences}{nc} "
-          f"— download now? [Y/n] ", end="", file=sys.stderr, flush=True)
+    offer = e.offer().replace(f"model {e.wanted} needs", f"--model {e.wanted} needs")
+    print(f"{PROG}: {offer} — download now? [Y/n] ", end="", file=sys.stderr, flush=True)
     try:
         answer = sys.stdin.readline()
     except (OSError, KeyboardInterrupt):
@@ -224,10 +206,8 @@ def _consent(args, e) -> bool:
 
 
 def fetch_models(specs, quiet: bool = False) -> str | None:
-    """Download `specs` into the store (progress on stderr), then convert each to ONNX when
-    torch is here (the eager runner works without it). Returns an error line, or None."""
-    import importlib.util
-
+    """Download `specs` into the store (progress on stderr), then convert each to ONNX
+    (restorer.run.loader.make_runnable). Returns an error line, or None."""
     from restorer.models_cli import download_with_progress
     from restorer.zoo.catalog import human_size
     from restorer.zoo.layout import StoreError
@@ -240,17 +220,16 @@ def fetch_models(specs, quiet: bool = False) -> str | None:
             download_with_progress(spec, show=show)
         except StoreError as e:
             return str(e)
-    if importlib.util.find_spec("torch") is not None:
-        for spec in specs:
-            if not spec.tasks:
-                continue  # a part (encoder, pipeline stage): exported with the model that uses it, if at all
-            try:
-                from restorer.convert.export import export_model
+    from restorer.run.loader import make_runnable
 
-                export_model(spec)
-                print(f"{PROG}: converted {spec.id} to ONNX", file=sys.stderr)
-            except Exception as e:  # noqa: BLE001 -- the eager runner works without an export
-                logging.getLogger("restorer").debug("export of %s skipped: %s", spec.id, e)
+    for spec in specs:
+        try:
+            how = make_runnable(spec)
+        except Exception as e:  # noqa: BLE001 - the eager runner (with torch) may still run it
+            logging.getLogger("restorer").debug("conversion of %s skipped: %s", spec.id, e)
+            continue
+        if how:
+            print(f"{PROG}: converted {spec.id} to ONNX ({how})", file=sys.stderr)
     return None
 
 

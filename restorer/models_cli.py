@@ -22,7 +22,7 @@ from pathlib import Path
 from restorer.tasks import TASKS
 from restorer.zoo import download as download_mod
 from restorer.zoo import layout
-from restorer.zoo.catalog import ModelSpec, human_size
+from restorer.zoo.catalog import ModelSpec, can_download, human_size
 
 PROG = "restorer-cli"
 
@@ -145,7 +145,7 @@ def cmd_info(args) -> int:
     info.update({
         "paper": spec.paper, "notes": spec.notes, "channels": spec.channels, "pad_multiple": spec.pad_multiple,
         "tile": spec.tile, "precisions": list(spec.precisions), "needs": list(spec.needs),
-        "files": [{"name": f.name, "url": f.url, "sha256": f.sha256, "size": f.size, "browser": f.browser,
+        "files": [{"name": f.name, "url": f.url, "sha256": f.sha256, "size": f.size, "browser": not can_download(f),
                    **({"member": f.member} if f.member else {})} for f in spec.files],
         "store": str(layout.model_dir(spec)), "exports": layout.exported_precisions(spec),
     })
@@ -199,7 +199,21 @@ def cmd_download(args) -> int:
         print(f"{spec.id}: already installed")
     for model_id, path in installed:
         print(f"installed {model_id}: {path}")
+    _make_runnable(model_id for model_id, _ in installed)
     return 0
+
+
+def _make_runnable(model_ids) -> None:
+    """Fill the shipped ONNX template of each newly installed model (seconds, no torch)."""
+    from restorer.run.loader import make_runnable
+
+    for model_id in model_ids:
+        spec = _spec(model_id)
+        try:
+            if make_runnable(spec, export=False):
+                print(f"ready {model_id}: ONNX model made from restorer's template (no PyTorch needed)")
+        except layout.StoreError as e:
+            print(f"{PROG}: {model_id}: {e}", file=sys.stderr)
 
 
 def cmd_add(args) -> int:
@@ -207,6 +221,7 @@ def cmd_add(args) -> int:
     result = install.add(args.file, args.model_id)
     for model_id, path in result.installed:
         print(f"installed {model_id}: {path}")
+    _make_runnable(model_id for model_id, _ in result.installed)
     for why in result.unmatched:
         print(f"{PROG}: skipped: {why}", file=sys.stderr)
     return 0

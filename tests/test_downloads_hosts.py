@@ -176,6 +176,20 @@ def test_routing():
     assert not dl.can_download(FileSpec("a.pth", "https://pan.baidu.com/s/1abc", browser=True))
 
 
+def test_install_hint_sends_drive_file_links_to_models_download():
+    """A Drive *file* link is fetched by restorer (gdown); only folders, Baidu and login pages
+    are saved by hand."""
+    from dataclasses import replace
+
+    from restorer.zoo.catalog import install_hint, load_catalog
+
+    spec = load_catalog().get("mirnet-lowlight-lol")
+    assert any(f.browser and dl.drive_file_id(f.url) for f in spec.files)
+    assert install_hint(spec) == "model 'mirnet-lowlight-lol' is not installed: restorer-cli models download mirnet-lowlight-lol"
+    by_hand = replace(spec, files=(FileSpec("model_lol.pth", "https://pan.baidu.com/s/1abc", browser=True),))
+    assert "download model_lol.pth in a browser from https://pan.baidu.com/s/1abc" in install_hint(by_hand)
+
+
 # ---------------------------------------------------------------- Hugging Face
 
 

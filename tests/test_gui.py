@@ -22,13 +22,13 @@ pytest.importorskip("pytestqt")
 from PIL import Image as PILImage  # noqa: E402
 from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QTimer, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent, QGuiApplication, QImage, QWheelEvent  # noqa: E402
+from restorer_ui.imageconv import Pyramid, from_qimage  # noqa: E402
 
 from restorer.archs.requirements import Requirements  # noqa: E402
 from restorer.batch import restore as restore_module  # noqa: E402
 from restorer.io import imaging  # noqa: E402
-from restorer.zoo.catalog import parse  # noqa: E402
 from restorer.run.runner import RunnerInfo  # noqa: E402
-from restorer_ui.imageconv import Pyramid, from_qimage  # noqa: E402
+from restorer.zoo.catalog import parse  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -339,6 +339,79 @@ def test_cancel_a_long_run_and_the_window_stays_responsive(qtbot, window, tmp_pa
     assert window.restore_button.isEnabled()
 
 
+# ---------------------------------------------------------------- first-use download
+
+
+@pytest.fixture
+def download_window(qtbot, settings, tmp_path, monkeypatch):
+    """A window whose catalog has one downloadable tiny HAT (nothing installed), served by a
+    127.0.0.1 mirror; the photo is open."""
+    from restorer_ui.main_window import MainWindow
+
+    from tests.store_helpers import HAT_TINY, FileServer, tiny_hat_entry, use_catalog
+
+    data = (HAT_TINY / "hat_tiny_x2.safetensors").read_bytes()
+    catalog = use_catalog(monkeypatch, tiny_hat_entry(
+        "tiny-hat", tasks=["derain"], licence="MIT",
+        files=[{"name": "tiny-hat.safetensors", "url": "https://example.invalid/tiny-hat.safetensors",
+                "size": len(data)}]))
+    import restorer.convert.export as export
+
+    # no template ships for the tiny HAT: skip its (slow) export, the eager runner restores
+    monkeypatch.setattr(export, "export_model", lambda spec, **kw: (_ for _ in ()).throw(RuntimeError("skipped")))
+    server = FileServer({"/m/tiny-hat.safetensors": data}).__enter__()
+    monkeypatch.setenv("RESTORER_MIRROR", f"{server.url}/m")
+    w = MainWindow(settings, catalog)
+    qtbot.addWidget(w)
+    w.show()
+    photo = tmp_path / "photo.png"
+    PILImage.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), np.uint8)).save(photo)
+    open_and_wait(qtbot, w, photo)
+    yield w
+    server.__exit__(None, None, None)
+
+
+def test_download_and_restore_button(qtbot, download_window, store_home):
+    """derain has no built-in operator: the button offers the download with its size and
+    licence, one click fetches, installs and restores."""
+    w = download_window
+    w.request.set_task("derain")
+    qtbot.waitUntil(lambda: w.restore_button.text() == "Download and restore", timeout=3000)
+    assert w.restore_button.isEnabled()
+    assert "derain needs tiny-hat" in w.request.plan.text() and "licence MIT" in w.request.plan.text()
+    assert "KB" in w.restore_button.toolTip()
+    qtbot.mouseClick(w.restore_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w.result is not None, timeout=60000)
+    qtbot.waitUntil(lambda: not w.is_busy(), timeout=10000)
+    assert (store_home / "models" / "tiny-hat" / "tiny-hat.safetensors").is_file()
+    assert (w.result.width, w.result.height) == (48, 40)
+    assert "derain: tiny-hat" in w.message.text()
+    assert w.restore_button.text() == "Restore"
+
+
+def test_download_and_restore_can_be_cancelled(qtbot, download_window, store_home, monkeypatch):
+    import restorer_ui.main_window as main_window
+
+    def slow_download(spec, progress=None, **kw):
+        for done in range(0, 1000):
+            progress(done * 1000, 1_000_000)  # raises once Cancel is clicked
+            time.sleep(0.01)
+        raise AssertionError("not cancelled")
+
+    monkeypatch.setattr(main_window.download, "download", slow_download)
+    w = download_window
+    w.request.set_task("derain")
+    qtbot.waitUntil(lambda: w.restore_button.text() == "Download and restore", timeout=3000)
+    qtbot.mouseClick(w.restore_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "MB" in w.progress_label.text(), timeout=5000)
+    assert w.cancel_button.isEnabled()
+    qtbot.mouseClick(w.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.is_busy(), timeout=5000)
+    assert "Download cancelled" in w.message.text() and w.result is None
+    assert not (store_home / "models" / "tiny-hat").exists()
+    assert w.restore_button.text() == "Download and restore" and w.restore_button.isEnabled()
+
+
 # ---------------------------------------------------------------- batch
 
 
@@ -475,10 +548,10 @@ def test_model_manager_reports_a_failed_download(qtbot, settings, served, monkey
 
 def test_model_manager_adds_a_file_recognised_by_its_tensors(qtbot, settings, tmp_path, store_home):
     pytest.importorskip("torch")
+    from restorer_ui.model_manager import ModelManager
     from safetensors.numpy import save_file
 
     from restorer.zoo import recognise as recognise_mod
-    from restorer_ui.model_manager import ModelManager
 
     catalog = parse('''
 [[model]]

@@ -16,7 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="restorer", description="Restore photos (the desktop app).")
     p.add_argument("photo", nargs="?", help="a photo to open")
     p.add_argument("--selftest", action="store_true",
-                   help="open the window offscreen, restore a bundled sample, exit 0 on success")
+                   help="open the window offscreen, restore a bundled sample, fill a shipped network template "
+                        "and run it (no PyTorch), exit 0 on success")
+    p.add_argument("--selftest-download", metavar="MODEL",
+                   help="with --selftest: also press 'Download and restore' for MODEL (from RESTORER_MIRROR "
+                        "or the model's own host) and check the restored photo")
     return p
 
 
@@ -31,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     app.setApplicationName("Restorer")
     app.setOrganizationName("restorer")
     if args.selftest:
-        return selftest(app)
+        return selftest(app, download=args.selftest_download)
     from restorer_ui.main_window import MainWindow
 
     window = MainWindow()
@@ -58,8 +62,44 @@ def _say(text: str, error: bool = False) -> None:
         print(text, file=stream, flush=True)
 
 
-def selftest(app, timeout: float = 120.0) -> int:
-    """Open, restore with builtin:denoise, save, reload: every stage checked."""
+TEMPLATE_CHECK = "mirnetv2-sr-x2"  # a small network whose template ships with restorer
+
+
+def template_check(model_id: str = TEMPLATE_CHECK) -> str:
+    """Fill a shipped ONNX template with random weights and run it on ONNX Runtime: the
+    torch-free path every downloaded checkpoint takes (onnx, the templates, lzma and ONNX
+    Runtime all present). Returns what was run; raises on any failure."""
+    import json
+
+    import numpy as np
+
+    from restorer.run.onnx import create_session
+    from restorer.zoo.catalog import load_catalog
+    from restorer.zoo.templates import METADATA_KEY, fill, read_template, template_for
+
+    spec = load_catalog().get(model_id)
+    template = template_for(spec)
+    if template is None:
+        raise RuntimeError(f"the {model_id} template is missing from the app")
+    entries = json.loads(next(p.value for p in read_template(template).metadata_props if p.key == METADATA_KEY))
+    rng = np.random.default_rng(0)
+    # a checkpoint's tensors as the template expects them (a transposed one in its stored layout)
+    weights = {e["key"]: (rng.standard_normal(e["shape"][::-1] if e["transpose"] else e["shape"]) * 0.02)
+               .astype(np.float32) for e in entries}
+    with tempfile.TemporaryDirectory(prefix="restorer-template-") as tmp:
+        model = fill(template, weights, Path(tmp) / "filled.onnx")
+        session = create_session(model, "cpu").session
+        out = session.run(None, {session.get_inputs()[0].name: rng.random((1, 3, 32, 32), dtype=np.float32)})[0]
+        del session
+    if out.shape != (1, 3, 32, 32) or not np.isfinite(out).all():
+        raise RuntimeError(f"the filled {model_id} template gave {out.shape}")
+    return f"{model_id} template filled ({len(entries)} tensors) and run"
+
+
+def selftest(app, timeout: float = 120.0, download: str | None = None) -> int:
+    """Open, restore with builtin:denoise, save, reload; fill and run a network template;
+    with `download`, fetch a model through the window's Download-and-restore button and
+    restore with it: every stage checked."""
     from importlib import resources
 
     import numpy as np
@@ -98,14 +138,50 @@ def selftest(app, timeout: float = 120.0) -> int:
         if imaging.load(out).pixels.shape != after.shape:
             _say("selftest: the saved file differs in size", error=True)
             return 1
+        try:
+            networks = template_check()
+        except Exception as e:  # noqa: BLE001 - any failure is the answer
+            _say(f"selftest: the network template check failed: {e}", error=True)
+            return 1
+        if download:
+            problem = _download_and_restore(app, window, download, timeout)
+            if problem:
+                _say(f"selftest: {problem}", error=True)
+                return 1
+            networks += f"; {download} downloaded, made runnable and restored"
         window.close()
     heavy = [m for m in ("torch",) if m in sys.modules]
     if heavy:
         _say(f"selftest: the app imported {', '.join(heavy)}, which it must not need", error=True)
         return 1
     _say(f"restorer selftest: ok ({before.shape[1]}x{before.shape[0]} restored with builtin:denoise, "
-         f"mean change {change:.4f}, saved and reloaded, {time.perf_counter() - start:.1f} s)")
+         f"mean change {change:.4f}, saved and reloaded; {networks}; {time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def _download_and_restore(app, window, model_id: str, timeout: float) -> str | None:
+    """Press the window's Download-and-restore for `model_id`; None when the photo came back
+    restored at the model's scale, else what went wrong."""
+    from restorer.zoo import layout
+    from restorer.zoo.catalog import load_catalog
+
+    spec = load_catalog().get(model_id)
+    window.result = None
+    window.request.set_task(spec.tasks[0], model_id)
+    if window.request.missing is None or window.restore_button.text() != "Download and restore":
+        return f"the window does not offer to download {model_id}: {window.request.plan.text()}"
+    window.restore_button.click()
+    if not wait_until(app, lambda: window.result is not None or (not window.is_busy() and window.message.text()),
+                      timeout * 5) or window.result is None:
+        return f"download and restore of {model_id} failed: {window.message.text()}"
+    wait_until(app, lambda: not window.is_busy(), timeout)
+    if not layout.onnx_path(spec).is_file():
+        return f"{model_id} was not made into an ONNX model"
+    scale = spec.output_scale
+    got, source = (window.result.width, window.result.height), (window.source.width, window.source.height)
+    if got != (source[0] * scale, source[1] * scale):
+        return f"{model_id} gave {got[0]}x{got[1]} from {source[0]}x{source[1]} (scale {scale})"
+    return None
 
 
 if __name__ == "__main__":

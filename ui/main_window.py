@@ -4,6 +4,7 @@ save. Importing this module must not import torch (the window has to appear fast
 from __future__ import annotations
 
 import html
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,8 @@ from restorer_ui.settings import AppSettings, SettingsDialog
 
 from restorer.io import imaging
 from restorer.plan import request
-from restorer.run.loader import RunnerCache
+from restorer.run.loader import RunnerCache, make_runnable
+from restorer.zoo import download
 from restorer.zoo.catalog import Catalog, load_catalog
 
 OPEN_FILTER = "Images (*.png *.jpg *.jpeg *.jpe *.webp *.tif *.tiff *.bmp);;All files (*)"
@@ -274,7 +276,10 @@ class MainWindow(QMainWindow):
         return self.job is not None
 
     def _set_busy(self, busy: bool) -> None:
-        self.restore_button.setEnabled(not busy and self.source is not None and self.request.ok)
+        missing = self.request.missing
+        self.restore_button.setEnabled(not busy and self.source is not None and (self.request.ok or missing is not None))
+        self.restore_button.setText("Download and restore" if missing is not None else "Restore")
+        self.restore_button.setToolTip(f"{missing.offer()}: downloaded once, then used at once" if missing else "")
         self.cancel_button.setEnabled(busy)
         self.open_button.setEnabled(not busy)
         can_save = self.result is not None and self.save_job is None
@@ -385,6 +390,10 @@ class MainWindow(QMainWindow):
             return
         try:
             plan = self.request.resolve_plan()
+        except request.ModelMissing as e:
+            # the button said "Download and restore" with the size and licence: the click is the consent
+            self.download_and_restore(e.specs)
+            return
         except request.RequestError as e:
             self.show_error(str(e))
             return
@@ -402,6 +411,43 @@ class MainWindow(QMainWindow):
         self.show_info("")
         self._set_busy(True)
         job.start()
+
+    def download_and_restore(self, specs: list) -> None:
+        """Fetch what the plan lacks (with progress and cancel), make it runnable (ONNX, from
+        restorer's templates), then restore."""
+        if self.is_busy():
+            return
+
+        def fetch(progress):
+            for spec in specs:
+                download.download(spec, progress=progress)
+                try:
+                    make_runnable(spec)
+                except Exception as e:  # noqa: BLE001 - the eager runner (with torch) may still run it
+                    logging.getLogger("restorer").info("conversion of %s skipped: %s", spec.id, e)
+            return [s.id for s in specs]
+
+        job = CallJob(fetch, f"downloading {', '.join(s.id for s in specs)}", self)
+        installed: list[str] = []
+        job.hook(job.progress, self._progress)
+        job.hook(job.succeeded, installed.extend)
+        job.hook(job.failed, lambda m: self.show_error(f"download failed: {m}"))
+        job.hook(job.cancelled, lambda: self.show_info("Download cancelled; the partial file is kept and "
+                                                       "resumed next time."))
+        job.hook(job.ended, lambda: self._download_ended(installed))
+        self.job = job
+        self.progress.setValue(0)
+        self.show_info("")
+        self._set_busy(True)
+        job.start()
+
+    def _download_ended(self, installed: list[str]) -> None:
+        self._job_ended()
+        if installed:
+            self._models_changed()
+            self.request.update_plan()  # now, not on the panel's timer: the button must say Restore
+            self.statusBar().showMessage("Installed " + ", ".join(installed), 10000)
+            self.start_restore()
 
     def cancel(self) -> None:
         if self.job is not None:

@@ -26,12 +26,13 @@ from restorer_ui.jobs import CallJob
 from restorer_ui.request_panel import TASK_LABELS
 from restorer_ui.settings import AppSettings
 
+from restorer.run.loader import make_runnable
 from restorer.tasks import TASKS
 from restorer.zoo import download as download_mod
 from restorer.zoo import home as store_home
 from restorer.zoo import install
 from restorer.zoo import layout as store_layout
-from restorer.zoo.catalog import Catalog, ModelSpec, human_size, load_catalog
+from restorer.zoo.catalog import Catalog, ModelSpec, can_download, human_size, load_catalog
 
 COLUMNS = ("Model", "State", "Size", "Licence", "Notes")
 ID_ROLE = Qt.ItemDataRole.UserRole
@@ -48,7 +49,7 @@ def model_state(spec: ModelSpec) -> str:
         return "installed, ONNX " + "/".join(store_layout.exported_precisions(spec))
     if state == "missing" and spec.is_pipeline:
         return "needs " + ", ".join(spec.needs)
-    if state == "missing" and any(f.browser for f in spec.files):
+    if state == "missing" and not all(can_download(f) for f in spec.files):
         return "not installed (manual download)"
     return STATE_LABELS[state]
 
@@ -256,7 +257,13 @@ class ModelManager(QWidget):
         if spec is None or self.job is not None:
             return
         catalog = self.catalog
-        self._run(lambda progress: download_mod.download(spec, progress=progress, catalog=catalog),
+        def fetch(progress):
+            installed = download_mod.download(spec, progress=progress, catalog=catalog)
+            for model_id, _ in installed:
+                make_runnable(catalog.get(model_id), export=False)  # the template: seconds, no torch
+            return installed
+
+        self._run(fetch,
                   f"downloading {spec.id}",
                   lambda installed: self._message("installed: " + ", ".join(i for i, _ in installed)))
 
@@ -328,15 +335,20 @@ class ModelManager(QWidget):
         holder = {}
 
         def export(progress):
+            if make_runnable(spec, export=False):  # restorer's template: seconds, no torch
+                return store_layout.onnx_path(spec), None
             try:
                 from restorer.convert.export import export_model
             except ImportError:
-                raise store_layout.StoreError(f"exporting needs PyTorch, which this install lacks: pip install "
-                                       f"'restorer[torch]' then run: restorer-cli models export {spec.id}") from None
+                raise store_layout.StoreError(f"restorer has no template for {spec.id}, and exporting it needs "
+                                              f"PyTorch, which this install lacks: pip install 'restorer[torch]' "
+                                              f"then run: restorer-cli models export {spec.id}") from None
             return export_model(spec, progress=lambda message: holder["job"].note.emit(message))
 
         def done(result):
             path, parity = result
-            self._message(f"exported {spec.id} to {path} (max difference from PyTorch {parity.max_abs_diff:.2e})")
+            how = ("made from restorer's template" if parity is None
+                   else f"max difference from PyTorch {parity.max_abs_diff:.2e}")
+            self._message(f"exported {spec.id} to {path} ({how})")
 
         holder["job"] = self._run(export, f"exporting {spec.id}", done)

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 
 from restorer.plan import request
 from restorer.tasks import TASKS
-from restorer.zoo.catalog import Catalog, load_catalog
+from restorer.zoo.catalog import Catalog, human_size, load_catalog
 
 TASK_LABELS = {
     "denoise": "Remove noise", "deblur": "Remove blur", "derain": "Remove rain", "dehaze": "Remove haze",
@@ -46,6 +46,7 @@ class RequestPanel(QWidget):
         self.options = options  # settings -> Options, called with scale=
         self.catalog = catalog or load_catalog()
         self.ok = False
+        self.missing: request.ModelMissing | None = None  # the plan needs a download first
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
 
@@ -197,10 +198,14 @@ class RequestPanel(QWidget):
             label = f"Built-in: {spec.title}" if spec.builtin else f"{spec.title} [{spec.id}]"
             if spec.non_commercial:
                 label += " (non-commercial)"
-            if not ready:
+            fetchable = not ready and bool(request.to_download(spec, self.catalog))
+            if fetchable:
+                size = human_size(spec.size)
+                label += " (download" + (f", {size})" if size != "-" else ")")
+            elif not ready:
                 label += " (not installed)"
             self.model.addItem(label, spec.id)
-            if not ready:
+            if not ready and not fetchable:
                 items.item(self.model.count() - 1).setEnabled(False)
         index = self.model.findData(keep)
         self.model.setCurrentIndex(index if index >= 0 and items.item(index).isEnabled() else 0)
@@ -251,8 +256,13 @@ class RequestPanel(QWidget):
 
     def update_plan(self) -> None:
         self._timer.stop()
+        self.missing = None
         try:
             steps = self.resolve_plan().steps
+        except request.ModelMissing as e:
+            # restorable after a download: the window's button offers it (size, licence)
+            self.ok, self.missing = False, e
+            self.plan.setText(f"Needs a download: {html.escape(e.offer())}")
         except request.RequestError as e:
             self.ok = False
             self.plan.setText(f'<span style="color:#c0392b">{html.escape(str(e))}</span>')

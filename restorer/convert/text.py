@@ -18,7 +18,7 @@ from restorer.run.torch import load_module
 from restorer.zoo.layout import weights_path
 
 
-def export_bert_onnx(model: BertModel, path: str | os.PathLike) -> Path:
+def export_bert_onnx(model: BertModel, path: str | os.PathLike, fold_constants: bool = True) -> Path:
     """Export to ONNX (opset 18, written atomically): inputs "input_ids" and "attention_mask"
     (int64 [batch, sequence], both dynamic), output "last_hidden_state" [batch, sequence, hidden].
 
@@ -33,7 +33,8 @@ def export_bert_onnx(model: BertModel, path: str | os.PathLike) -> Path:
     sequence = torch.export.Dim("sequence", min=1, max=model.max_position_embeddings)
     shapes = {name: {0: batch, 1: sequence} for name in example}
     metadata = {"max_length": model.max_position_embeddings, "pad_token_id": model.pad_token_id}
-    return write_onnx(model, example, path, shapes, ["last_hidden_state"], metadata=metadata)
+    return write_onnx(model, example, path, shapes, ["last_hidden_state"], metadata=metadata,
+                      fold_constants=fold_constants)
 
 
 def export_text_encoder(
@@ -52,7 +53,7 @@ def export_text_encoder(
     return export_bert_onnx(model, onnx_path)
 
 
-def export_language_head(head: LanguageHead, path: str | Path) -> Path:
+def export_language_head(head: LanguageHead, path: str | Path, fold_constants: bool = True) -> Path:
     """Export the head to ONNX: input "sentence_embedding" [B, embedding_dim], outputs
     "embedding" [B, hidden_dim] and "logits" [B, num_classes], batch dynamic.
 
@@ -62,7 +63,7 @@ def export_language_head(head: LanguageHead, path: str | Path) -> Path:
     sample = torch.zeros(2, head.fc1.in_features)
     batch = torch.export.Dim("batch", min=1, max=1024)
     return write_onnx(head, {"sentence_embedding": sample}, path, {"sentence_embedding": {0: batch}},
-                      ["embedding", "logits"])
+                      ["embedding", "logits"], fold_constants=fold_constants)
 
 
 def _export_text_encoder(spec, target: Path) -> Parity:

@@ -1,8 +1,8 @@
 """InstructIR's second input: the user's own words, as the embedding its image model reads.
 
 prompt -> the sentence encoder (bge-micro-v2, ONNX, tokenised with `tokenizers`) -> the
-language head (ONNX) -> a unit vector. Both run without torch; each is exported to ONNX
-once, the first time it is needed (that step needs torch), and kept in the store.
+language head (ONNX) -> a unit vector. Both run without torch: each becomes an ONNX file the
+first time it is needed (filled into restorer's shipped template) and is kept in the store.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from restorer.pipelines.text_encoder import (
     TextEncoder,
     instruction_embedding,
 )
+from restorer.run.loader import onnx_model
 from restorer.zoo import layout
 from restorer.zoo.catalog import ModelSpec, load_catalog
 
@@ -30,12 +31,7 @@ def _needed(spec: ModelSpec, arch: str) -> ModelSpec:
 
 
 def _onnx(spec: ModelSpec) -> str:
-    path = layout.onnx_path(spec)
-    if not path.is_file():
-        from restorer.convert.export import export_model
-
-        export_model(spec)
-    return str(path)
+    return str(onnx_model(spec))
 
 
 @lru_cache(maxsize=2)

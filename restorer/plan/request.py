@@ -14,7 +14,7 @@ from enum import StrEnum
 from restorer.plan.instructions import InstructionError, resolve_scale
 from restorer.plan.instructions import plan as parse_instruction
 from restorer.tasks import TASKS
-from restorer.zoo.catalog import Catalog, ModelSpec, install_hint, load_catalog
+from restorer.zoo.catalog import Catalog, ModelSpec, can_download, human_size, install_hint, load_catalog
 from restorer.zoo.layout import is_ready
 
 # Tasks run by a multi-stage pipeline, and the built-in operator each falls back to when
@@ -49,11 +49,20 @@ class ModelMissing(RequestError):
     def size(self) -> int:
         return sum(s.size for s in self.specs)
 
+    def offer(self) -> str:
+        """What a download would fetch, for the consent question (CLI prompt, GUI button):
+        "derain needs instructir-7d, bge-micro-v2, 65.0 MB, licence MIT"."""
+        names = ", ".join(s.id for s in self.specs)
+        known = all(f.size for s in self.specs for f in s.files)
+        size = human_size(self.size) if known else (f"over {human_size(self.size)}" if self.size else "size unknown")
+        licences = ", ".join(dict.fromkeys(s.licence for s in self.specs if s.licence)) or "unknown"
+        nc = " (non-commercial)" if any(s.non_commercial for s in self.specs) else ""
+        what = self.wanted if self.wanted != self.specs[0].id else f"model {self.wanted}"
+        return f"{what} needs {names}, {size}, licence {licences}{nc}"
+
 
 def downloadable(spec: ModelSpec) -> bool:
     """restorer can fetch this entry's files itself (no browser page, no login)."""
-    from restorer.zoo.download import can_download
-
     if not spec.released or spec.builtin:
         return False
     if spec.is_pipeline:

@@ -10,12 +10,13 @@ models releases the old ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from restorer.archs.requirements import Requirements
 from restorer.run.runner import Runner, RunnerInfo
 from restorer.zoo.catalog import ModelSpec, install_hint
 from restorer.zoo.layout import StoreError, is_installed, onnx_path
-from restorer.zoo.templates import install_from_template
+from restorer.zoo.templates import install_from_template, template_parts
 
 
 def build_runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32", part: str | None = None,
@@ -34,12 +35,14 @@ def build_runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32",
             return runner
     if not is_installed(spec):
         raise StoreError(install_hint(spec))
-    if part is None and precision == "fp32" and install_from_template(spec) is not None:
+    if install_from_template(spec) is not None:
         # a shipped ONNX template filled with the checkpoint: runs without torch, from now on
         from restorer.run.onnx import OnnxRunner
 
-        runner = OnnxRunner(onnx_path(spec), RunnerInfo(spec.id, "", ""), needs, device=device)
+        runner = OnnxRunner(onnx_path(spec, "fp32", part), RunnerInfo(spec.id, "", ""), needs, device=device)
         runner.info.notes.append("ONNX model made from restorer's template (no PyTorch needed)")
+        if precision != "fp32":
+            runner.info.notes.append(f"no {precision} export of '{spec.id}'; using fp32")
         return runner
     try:
         import torch  # noqa: F401
@@ -54,6 +57,41 @@ def build_runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32",
     runner = TorchRunner(module, RunnerInfo(spec.id, "", ""), needs, device=device)
     runner.info.notes.append(f"running in eager PyTorch; `restorer-cli models export {spec.id}` makes it faster")
     return runner
+
+
+def make_runnable(spec: ModelSpec, export: bool = True) -> str:
+    """Turn an installed checkpoint into the store's ONNX model(s) right after its install:
+    filled into restorer's shipped template (no torch), else, with `export`, exported when
+    torch is here. Returns how ("template", "export"), or "" when neither applies (the eager
+    runner, or an export at first use, will do)."""
+    if spec.builtin or spec.is_pipeline or not is_installed(spec):
+        return ""
+    if all(onnx_path(spec, "fp32", part).is_file() for part in template_parts(spec)):
+        return ""
+    if install_from_template(spec) is not None:
+        return "template"
+    if not export:
+        return ""
+    try:
+        from restorer.convert.export import export_model
+    except ImportError:
+        return ""
+    export_model(spec)
+    return "export"
+
+
+def onnx_model(spec: ModelSpec) -> Path:
+    """The store's fp32 ONNX file of an installed single-graph model, made on first use
+    (from the template without torch, else exported with torch)."""
+    path = onnx_path(spec)
+    if path.is_file():
+        return path
+    if not is_installed(spec):
+        raise StoreError(install_hint(spec))
+    if not make_runnable(spec):
+        raise StoreError(f"restorer has no template for '{spec.id}' and PyTorch is not installed to "
+                         f"export it: pip install 'restorer[torch]'")
+    return path
 
 
 @dataclass(frozen=True)

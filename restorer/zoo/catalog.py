@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 from restorer.archs import ARCHS
 from restorer.archs.requirements import Requirements
@@ -128,11 +130,36 @@ class Catalog:
         """Released models that do `task`, best first."""
         return sorted((s for s in self if task in s.tasks and s.released), key=lambda s: -s.rank)
 
+
+DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
+
+
+def drive_file_id(url: str) -> str | None:
+    """The file id of a Google Drive *file* link (/file/d/ID/..., ?id=ID); None for folders
+    and other hosts."""
+    parsed = urlparse(url)
+    if parsed.hostname not in DRIVE_HOSTS or "/folders/" in parsed.path:
+        return None
+    m = re.match(r"^/file/(?:u/\d+/)?d/([-\w]+)", parsed.path)
+    if m:
+        return m.group(1)
+    ids = parse_qs(parsed.query).get("id", [])
+    return ids[0] if len(ids) == 1 and parsed.path.rstrip("/") in ("/uc", "/open", "/download") else None
+
+
+def can_download(f: FileSpec) -> bool:
+    """restorer can fetch this file itself: a direct URL, a Hugging Face file or a Google
+    Drive file link (not a Drive folder, Baidu or a login page)."""
+    if not f.url:
+        return False
+    return not f.browser or drive_file_id(f.url) is not None
+
+
 def install_hint(spec: ModelSpec) -> str:
     """What to type to install a model (or where a browser must fetch it)."""
     if not spec.released:
         return f"model '{spec.id}' was announced by its authors but its weights were never released"
-    browser = [f for f in spec.files if f.browser]
+    browser = [f for f in spec.files if not can_download(f)]
     if browser:
         f = browser[0]
         return (f"model '{spec.id}' is not installed: download {f.name} in a browser from {f.url} "

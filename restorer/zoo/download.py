@@ -24,7 +24,15 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
-from restorer.zoo.catalog import Catalog, FileSpec, ModelSpec, install_hint
+from restorer.zoo.catalog import (  # noqa: F401 - can_download, drive_file_id: used by tests and callers
+    DRIVE_HOSTS,
+    Catalog,
+    FileSpec,
+    ModelSpec,
+    can_download,
+    drive_file_id,
+    install_hint,
+)
 from restorer.zoo.install import _extract, _place, _scratch, safe_members, sha256_of
 from restorer.zoo.layout import (
     CHUNK,
@@ -50,24 +58,7 @@ def mirror_url(url: str, base_url: str | None = None) -> str:
     return base.rstrip("/") + "/" + PurePosixPath(unquote(urlparse(url).path)).name
 
 
-DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
 HF_HOSTS = ("huggingface.co", "hf.co")
-
-
-def drive_file_id(url: str) -> str | None:
-    """The file id of a Google Drive *file* link (/file/d/ID/..., ?id=ID); None for folders
-    and other hosts."""
-    import re
-    from urllib.parse import parse_qs
-
-    parsed = urlparse(url)
-    if parsed.hostname not in DRIVE_HOSTS or "/folders/" in parsed.path:
-        return None
-    m = re.match(r"^/file/(?:u/\d+/)?d/([-\w]+)", parsed.path)
-    if m:
-        return m.group(1)
-    ids = parse_qs(parsed.query).get("id", [])
-    return ids[0] if len(ids) == 1 and parsed.path.rstrip("/") in ("/uc", "/open", "/download") else None
 
 
 def hf_parts(url: str) -> tuple[str, str, str, str] | None:
@@ -88,14 +79,6 @@ def hf_parts(url: str) -> tuple[str, str, str, str] | None:
     for prefix in ("models/",):
         repo = repo.removeprefix(prefix)
     return endpoint or f"{parsed.scheme}://{parsed.netloc}", repo, parts[i + 1], "/".join(parts[i + 2:])
-
-
-def can_download(f: FileSpec) -> bool:
-    """restorer can fetch this file itself: a direct URL, a Hugging Face file or a Google
-    Drive file link (not a Drive folder, Baidu or a login page)."""
-    if not f.url:
-        return False
-    return not f.browser or drive_file_id(f.url) is not None
 
 
 def by_hand(spec: ModelSpec, f: FileSpec) -> str:
@@ -246,8 +229,8 @@ def fetch_hf(url: str, endpoint: str, repo_id: str, revision: str, filename: str
     """One file of a Hugging Face repo through huggingface_hub, into <store>/downloads/hf
     (its own resume of an interrupted transfer); the token is HF_TOKEN's, when set."""
     try:
-        from huggingface_hub import hf_hub_download
         from huggingface_hub import errors as hf_errors
+        from huggingface_hub import hf_hub_download
     except ImportError:  # the library is a dependency; fall back to plain HTTP without it
         return fetch(url, _part_path(url), progress=progress)
     local_dir = home() / "downloads" / "hf" / hashlib.sha1(f"{endpoint}/{repo_id}@{revision}".encode()).hexdigest()[:10]

@@ -64,8 +64,10 @@ def _place(source: Path, spec: ModelSpec, f: FileSpec, origin: str, *, move: boo
             tmp.unlink()
     _write_record(spec, f.name, sha, target.stat().st_size, origin)
     for precision in ("fp32", "fp16"):
-        for stale in (onnx_path(spec, precision), onnx_path(spec, precision).with_suffix(".json")):
+        for part in (None, *spec.requirements.export_parts):
+            stale = onnx_path(spec, precision, part)
             stale.unlink(missing_ok=True)
+            stale.with_suffix(".json").unlink(missing_ok=True)
     return target
 
 
