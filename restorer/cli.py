@@ -3,9 +3,13 @@
     restorer-cli photo.jpg -o out/ --task denoise
     restorer-cli --instruction "remove rain then upscale 2x" photos/ -o out/ --recursive
     restorer-cli models list
+    restorer-cli eval restored/ references/ --crop-border 4 --y-channel
 
-Exit codes: 0 all done, 1 some files failed (the rest were written), 2 nothing could be
-done (bad arguments, an unreadable single input, a model that is not installed).
+Exit codes, the same for one file and for a folder (the table is in README.md):
+  0 every input restored (or already there), 1 some files failed and the others were written,
+  2 nothing could be done (bad arguments, no images found, a model that is not installed,
+  every file failed), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 the reader of
+  the output went away (`| head`). Every error is one line on stderr.
 Importing this module must stay light: no torch, no Qt.
 """
 
@@ -14,6 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -24,18 +31,55 @@ from restorer.tasks import TASKS
 PROG = "restorer-cli"
 
 
+MIN_TILE = 32  # restorer.run.tiles.MIN_TILE (not imported: this module stays light)
+
+
 class _OneLine(logging.Handler):
-    """Warnings from the engine (CUDA fallback, OOM retries) as one line each on stderr."""
+    """Warnings from the engine (CUDA fallback, OOM retries) as one line each on stderr; of
+    the warnings that the device asked for is not the one used, only the first of a run."""
+
+    def __init__(self):
+        super().__init__()
+        self.device_warned = False
 
     def emit(self, record):
+        from restorer.run.onnx import DEVICE_WARNING
+
+        if getattr(record, DEVICE_WARNING, False):
+            if self.device_warned:
+                return
+            self.device_warned = True
         print(f"{PROG}: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (its own print the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _number(kind, low, high=None):
+    """An argparse type: an int or float in [low, high] (high None: no upper bound); nan
+    and infinities are refused."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{' whole' if kind is int else ''} number") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({allowed})")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="Restore photos with published networks or built-in operators. "
-        "Manage models with: restorer-cli models --help",
+        "Manage models with: restorer-cli models --help; measure PSNR/SSIM with: restorer-cli eval --help",
     )
     p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output", type=Path, metavar="OUTDIR", help="output folder")
@@ -44,17 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--model", metavar="ID", help="a catalog model id (restorer-cli models list)")
     what.add_argument("--instruction", metavar="TEXT", help='what is wrong, in words: "remove rain then upscale 2x"')
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="upscaling factor for superres")
-    p.add_argument("--strength", type=float, metavar="S", help="0..1 for operators that have one")
-    p.add_argument("--tile", type=int, metavar="N", help="tile size in pixels (default: from free memory)")
+    p.add_argument("--strength", type=_number(float, 0, 1), metavar="S", help="0..1 for operators that have one")
+    p.add_argument("--tile", type=_number(int, MIN_TILE), metavar="N",
+                   help=f"tile size in pixels, at least {MIN_TILE} (default: from free memory)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.add_argument("--format", choices=("same", "png", "jpg", "webp", "tiff"), default="same")
-    p.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG/WebP quality (default 95)")
+    p.add_argument("--format", default="same", metavar="{same,png,jpg,webp,tiff}",
+                   help="output format (default: same as the input)")
+    p.add_argument("--quality", type=_number(int, 1, 100), default=95, metavar="Q",
+                   help="JPEG/WebP quality, 1 to 100 (default 95)")
     p.add_argument("--suffix", default="", metavar="S", help="added to output file names")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--dry-run", action="store_true", help="show the plan and the files; write nothing")
     p.add_argument("--json", action="store_true", help="print one machine-readable report on stdout")
-    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+    p.add_argument("--max-pixels", type=_number(int, 1), default=None, metavar="N",
                    help="refuse images larger than N pixels (default 400 million)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
@@ -67,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask", type=Path, metavar="M", help="your own text mask (white = remove)")
     g.add_argument("--boxes", type=parse_boxes, metavar="X0,Y0,X1,Y1[;...]",
                    help="text boxes in pixels instead of detecting them")
-    g.add_argument("--dilate", type=int, default=None, metavar="N", help="grow the text mask by N pixels")
+    g.add_argument("--dilate", type=_number(int, 0), default=None, metavar="N", help="grow the text mask by N pixels")
     g.add_argument("--save-intermediates", action="store_true", help="write each stage's image beside the output")
     p.add_argument("--version", action="version", version=f"restorer {__version__}")
     return p
@@ -92,43 +139,105 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds as on Ctrl-C: the file being
+    written is removed, finished files are kept."""
+
+
+_terminated = False  # SIGTERM arrived during this run (a subcommand may catch _Terminated itself)
+
+
+def _on_sigterm(signum, frame):
+    global _terminated
+    _terminated = True
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """restorer-cli: every outcome is an exit code (see the module's docstring) and at most
+    one line per problem on stderr, never a traceback."""
+    global _terminated
     argv = sys.argv[1:] if argv is None else argv
+    _terminated = False
+    log = logging.getLogger("restorer")
+    handler = _OneLine()
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding program): leave SIGTERM alone
+        previous = None
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe (`| head`) surfaces here, inside the handlers below
+        return 143 if _terminated and code == 130 else code
+    except SystemExit as e:  # argparse: --help, --version, or a bad argument it has printed
+        if isinstance(e.code, str):
+            return fail(e.code)
+        return e.code or 0
+    except BrokenPipeError:
+        # What the Python docs advise: further output to devnull, so that the interpreter's
+        # own flush at exit does not print a second error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except _Terminated:
+        return fail("terminated (SIGTERM); finished files are kept, no partial file was left", 143)
+    except KeyboardInterrupt:
+        return fail("interrupted; finished files are kept, no partial file was left", 130)
+    except Exception as e:  # a bug: one line; RESTORER_DEBUG=1 shows where
+        if os.environ.get("RESTORER_DEBUG"):
+            raise
+        first = (str(e).splitlines() or [""])[0]
+        return fail(f"internal error: {type(e).__name__}: {first} (RESTORER_DEBUG=1 shows the traceback)")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        log.removeHandler(handler)
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["models"]:
         from restorer.models_cli import main as models_main
 
         return models_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    logging.getLogger("restorer").addHandler(_OneLine())
-    logging.getLogger("restorer").setLevel(logging.WARNING)
-    logging.getLogger("restorer").propagate = False
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        return fail("interrupted; finished files are kept, no partial file was left", 130)
+    if argv[:1] == ["eval"]:
+        from restorer.eval_cli import main as eval_main
+
+        return eval_main(argv[1:])
+    return run(build_parser().parse_args(argv))
 
 
 def run(args) -> int:
     from restorer.batch import files
-    from restorer.batch.loop import Output, run_batch
+    from restorer.batch.loop import Output, run_batch, settle
     from restorer.plan.request import ModelMissing, Options, RequestError, plan_request
 
+    for option, value, problem in (("--format", args.format, files.check_format(args.format)),
+                                   ("--suffix", args.suffix, files.check_suffix(args.suffix))):
+        if problem:
+            return fail(f"{option} {value!r}: {problem}")
     if not args.inputs:
         return fail("no input given; usage: restorer-cli INPUT... -o OUTDIR --task T (see --help)")
     if not (args.task or args.model or args.instruction is not None):
         return fail("say what to do: --task T, --model ID or --instruction TEXT (see --help)")
     missing = [p for p in args.inputs if not p.exists()]
     if missing:
-        return fail(f"cannot read '{missing[0]}': no such file or folder")
+        return fail(f"{missing[0]}: no such file or folder")
     if args.output is None and not args.dry_run:
         return fail("no output folder: add -o OUTDIR")
+    if args.output is not None and args.output.exists() and not args.output.is_dir():
+        return fail(f"{args.output}: is a file, not a folder (-o names the folder outputs go to)")
 
     options = Options(device=args.device, tile=args.tile, scale=args.scale, strength=args.strength,
                       extra=pipeline_options(args))
     asked: set[str] = set()
     while True:
         try:
-            plan = plan_request(options, task=args.task, model=args.model, instruction=args.instruction)
+            # a dry run shows the whole plan, what is not installed too, and downloads nothing
+            plan = plan_request(options, task=args.task, model=args.model, instruction=args.instruction,
+                                keep_missing=args.dry_run)
             break
         except ModelMissing as e:
             ids = [s.id for s in e.specs]
@@ -139,23 +248,46 @@ def run(args) -> int:
             if problem:
                 return fail(problem)
         except RequestError as e:
+            if args.dry_run and args.json:  # JSON on stdout for every dry run, a refusal too
+                print(json.dumps({"plan": [], "runnable": False, "error": str(e)}, indent=2))
             return fail(str(e))
 
     outdir = args.output or Path(".")
-    items = files.discover(args.inputs, outdir, recursive=args.recursive, fmt=args.format, suffix=args.suffix)
-    files.prepare(items, overwrite=args.overwrite)
+    items = files.discover(args.inputs, outdir, recursive=args.recursive, fmt=args.format, suffix=args.suffix,
+                           mask_local=plan.mask_local)
+    if not items:  # only folders were given, and they hold no image
+        folders = ", ".join(str(p) for p in args.inputs)
+        hint = " (add --recursive to look in sub-folders)" if not args.recursive and _nested(args.inputs) else ""
+        return fail(f"no images found in {folders}{hint}")
+    clashes = files.collisions(items)
+    if clashes:  # refused before any image is restored: one line naming the inputs each
+        for line, _ in clashes:
+            fail(line)
+        return 2
+    output = Output(args.format, args.quality, _max_pixels(args), args.save_intermediates, overwrite=args.overwrite)
 
     if args.dry_run:
+        settle(items, plan, output)  # what run_batch would skip, redo or refuse; reads only
         for item in items:
             if item.status == "pending":
                 item.status = "would-restore"
             elif item.status == "skipped":
                 item.status = "would-skip"
-        return report(args, plan, items)
+        code = report(args, plan, items)
+        if not plan.runnable:  # shown whole above; it cannot run until these are installed
+            return fail(f"the plan cannot run yet: {plan.missing_line()}")
+        return code
+    problem = files.check_writable(outdir)
+    if problem:
+        return fail(problem)
 
     if not args.json:
         for step in plan.steps:
             print(f"{PROG}: {step.task}: {step.model} ({step.why or step.backend})", file=sys.stderr)
+    if args.device == "cuda" and any(step.backend == "builtin" for step in plan.steps):
+        from restorer.run.builtin import device_warning
+
+        _device_warning(device_warning(args.device))
     show = not args.quiet and sys.stderr.isatty()
     files_bar = _bar(sum(1 for i in items if i.status == "pending"), "files", show)
     tiles_bar = None
@@ -169,8 +301,10 @@ def run(args) -> int:
             tiles_bar.close()
         if files_bar is not None:
             files_bar.update(1)
-        if item.status == "failed" and not args.json:
+        if item.status == "failed":  # said once, here (the summary only counts)
             print(f"{PROG}: {item.error}", file=sys.stderr)
+        if item.status == "done" and item.notes:  # what was lost in saving, why it was redone
+            print(f"{PROG}: note: {item.output}: {'; '.join(item.notes)}", file=sys.stderr)
 
     def on_tiles(index, done, total):
         if tiles_bar is not None:
@@ -178,12 +312,29 @@ def run(args) -> int:
             tiles_bar.n = done
             tiles_bar.refresh()
 
-    output = Output(args.format, args.quality, _max_pixels(args), args.save_intermediates)
     run_batch(items, plan, output, cancel=threading.Event(), on_item=on_item, on_tiles=on_tiles,
               on_note=lambda m: logging.getLogger("restorer").warning(m))
     if files_bar is not None:
         files_bar.close()
+    if args.device == "cuda":  # whatever ran elsewhere than asked (pipeline stages too), said once
+        used = {s.get("provider") for i in items for s in i.steps} - {None, "", "CUDAExecutionProvider"}
+        if used:
+            _device_warning(f"CUDA was asked for, but some steps ran on the CPU ({', '.join(sorted(used))})")
     return report(args, plan, items)
+
+
+def _nested(folders: list[Path]) -> bool:
+    """Whether any of `folders` has a sub-folder (an unreadable one has none we can see)."""
+    try:
+        return any(child.is_dir() for folder in folders for child in folder.iterdir())
+    except OSError:
+        return False
+
+
+def _device_warning(message: str) -> None:
+    from restorer.run.onnx import DEVICE_WARNING
+
+    logging.getLogger("restorer").warning(message, extra={DEVICE_WARNING: True})
 
 
 def _consent(args, e) -> bool:
@@ -271,23 +422,19 @@ def report(args, plan, items) -> int:
         counts = {}
         for i in items:
             counts[i.status] = counts.get(i.status, 0) + 1
-        print(json.dumps({"plan": plan.entries(), "files": [i.as_dict() for i in items],
-                          "summary": counts}, indent=2))
+        print(json.dumps({"plan": plan.entries(), **({"runnable": plan.runnable} if args.dry_run else {}),
+                          "files": [i.as_dict() for i in items], "summary": counts}, indent=2))
     elif not args.dry_run:
         done = sum(1 for i in items if i.status == "done")
         skipped = sum(1 for i in items if i.status == "skipped")
         print(f"{PROG}: {done} restored, {skipped} skipped (already there), {len(failed)} failed", file=sys.stderr)
-        if failed:
-            print(f"{PROG}: failed:", file=sys.stderr)
-            for i in failed:
-                print(f"  {i.input}: {i.error}", file=sys.stderr)
     else:
         for step in plan.steps:
-            print(f"plan: {step.task} -> {step.model} [{step.backend}] {step.options or ''}")
+            print(f"plan: {step.plan_line()}")
         for i in items:
             print(f"{i.status}: {i.input} -> {i.output}")
-    if failed:
-        return 2 if not succeeded and len(items) == 1 else 1
+    if failed:  # the same rule for one file and for a folder
+        return 1 if succeeded else 2
     return 0
 
 

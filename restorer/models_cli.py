@@ -1,6 +1,6 @@
 """restorer-cli models ...: list, inspect, download, add, verify, remove and export models.
 
-    restorer-cli models list [--task T] [--installed] [--json]
+    restorer-cli models list [--task T] [--installed] [--all] [--json]
     restorer-cli models info ID
     restorer-cli models download ID
     restorer-cli models add FILE [--id ID]
@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="catalog models, their licence and whether they are installed")
     ls.add_argument("--task", choices=TASKS)
     ls.add_argument("--installed", action="store_true", help="only models that can run now")
+    ls.add_argument("--all", action="store_true", help="also models announced by their authors but never released")
     ls.add_argument("--json", action="store_true", help="a JSON array on stdout")
-    info = sub.add_parser("info", help="everything the catalog and the store know about a model")
+    info = sub.add_parser("info", help="what a model is for, its licence, and how to install it")
     info.add_argument("id")
     info.add_argument("--json", action="store_true")
     dl = sub.add_parser("download", help="fetch a model's files (progress, resume, sha256)")
@@ -100,50 +101,73 @@ def licence_of(spec: ModelSpec) -> str:
     return f"{spec.licence} [non-commercial]" if spec.non_commercial else spec.licence
 
 
+def size_of(spec: ModelSpec) -> int:
+    """Bytes to download: the catalog's figure, else what the installed files take (the
+    catalog does not know every file's size); 0 when neither is known."""
+    if spec.size:
+        return spec.size
+    return sum(p.stat().st_size for p in layout.weight_paths(spec) if p.is_file())
+
+
 def row_of(spec: ModelSpec) -> dict:
     state = layout.state(spec)
     return {
         "id": spec.id, "title": spec.title, "family": spec.family, "tasks": list(spec.tasks), "arch": spec.arch,
-        "scale": spec.output_scale, "size": spec.size, "licence": spec.licence, "non_commercial": spec.non_commercial,
+        "scale": spec.output_scale, "size": size_of(spec), "licence": spec.licence, "non_commercial": spec.non_commercial,
         "released": spec.released, "state": state, "installed": state in ("built-in", "bundled", "onnx", "installed", "ready"),
     }
 
 
+# The store's states (restorer.zoo.layout.state) as a person would say them.
+STATE_WORDS = {"missing": "not installed", "onnx": "installed", "unreleased": "never released"}
+
+
 def _clip(text: str, width: int) -> str:
-    """Long cells shortened, keeping a trailing [NC] mark visible."""
-    if len(text) <= width:
-        return text
-    mark = " [NC]" if text.endswith(" [NC]") else ""
-    return text[: width - len(mark) - 3] + "..." + mark
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _what_for(spec: ModelSpec, catalog) -> str:
+    """Its tasks; for a part of other models (a pipeline stage, a text encoder), which ones."""
+    if spec.tasks:
+        return ",".join(spec.tasks)
+    users = [s.id for s in catalog if spec.id in s.needs]
+    return f"(part of {', '.join(users)})" if users else "-"
 
 
 def cmd_list(args) -> int:
-    specs = [s for s in _catalog() if args.task is None or args.task in s.tasks]
-    rows = [row_of(s) for s in specs]
+    catalog = _catalog()
+    specs = [s for s in catalog if args.task is None or args.task in s.tasks]
+    hidden = 0 if args.all else sum(1 for s in specs if not s.released)
+    if not args.all:
+        specs = [s for s in specs if s.released]
+    rows = [(s, row_of(s)) for s in specs]
     if args.installed:
-        rows = [r for r in rows if r["installed"]]
+        rows = [(s, r) for s, r in rows if r["installed"]]
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps([r for _, r in rows], indent=1))
         return 0
-    table = [("ID", "TASKS", "ARCH", "SCALE", "SIZE", "LICENCE", "INSTALLED")]
-    for r in rows:
-        table.append((r["id"], ",".join(r["tasks"]) or "-", r["arch"], f"x{r['scale']}", human_size(r["size"]),
-                      (r["licence"] + " [NC]") if r["non_commercial"] else r["licence"], r["state"]))
-    table = [(row[0], *(_clip(cell, 36) for cell in row[1:])) for row in table]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    # The licence is the last column and never shortened: it decides whether a model may be used.
+    table = [("ID", "FOR", "SCALE", "SIZE", "STATUS", "LICENCE")]
+    for spec, r in rows:
+        table.append((r["id"], _clip(_what_for(spec, catalog), 30), f"x{r['scale']}", human_size(r["size"]),
+                      STATE_WORDS.get(r["state"], r["state"]), licence_of(spec)))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    if any(r["non_commercial"] for r in rows):
-        print("\n[NC] = the licence forbids commercial use", file=sys.stderr)
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    if any(r["non_commercial"] for _, r in rows):
+        print("\n[non-commercial] = the licence forbids commercial use", file=sys.stderr)
+    if hidden:
+        print(f"{hidden} model(s) announced by their authors but never released are hidden: --all lists them",
+              file=sys.stderr)
     return 0
 
 
-def cmd_info(args) -> int:
-    from restorer.zoo import layout
-    spec = _spec(args.id)
+def details_of(spec: ModelSpec) -> dict:
+    """Everything the catalog and the store know (models info --json)."""
     info = row_of(spec)
     info.update({
-        "paper": spec.paper, "notes": spec.notes, "channels": spec.channels, "pad_multiple": spec.pad_multiple,
+        "paper": spec.paper, "notes": spec.notes, "details": f"docs/models.md, section {spec.id}",
+        "channels": spec.channels, "pad_multiple": spec.pad_multiple,
         "tile": spec.tile, "precisions": list(spec.precisions), "needs": list(spec.needs),
         "files": [{"name": f.name, "url": f.url, "sha256": f.sha256, "size": f.size, "browser": not can_download(f),
                    **({"member": f.member} if f.member else {})} for f in spec.files],
@@ -153,19 +177,45 @@ def cmd_info(args) -> int:
         from restorer.zoo.catalog import install_hint
 
         info["install"] = install_hint(spec)
+    return info
+
+
+def cmd_info(args) -> int:
+    spec = _spec(args.id)
+    info = details_of(spec)
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
-    for key, value in info.items():
-        if key == "files":
-            for f in value:
-                where = f"{f['url']}" + (f" ({f['member']} inside)" if f.get("member") else "")
-                print(f"file:         {f['name']}  {human_size(f['size'])}  {where}"
-                      + ("  [open in a browser]" if f["browser"] else "") + (f"  sha256 {f['sha256']}" if f["sha256"] else ""))
-        elif key == "size":
-            print(f"{'size:':<13} {human_size(value)}")
-        elif value not in ("", [], None):
-            print(f"{key + ':':<13} {', '.join(map(str, value)) if isinstance(value, list) else value}")
+    catalog = _catalog()
+    licence = spec.licence
+    if spec.non_commercial and "non-commercial" not in licence.lower():
+        licence += " (non-commercial use only)"
+    size = human_size(info["size"]) if info["size"] else "not known until downloaded"
+    install = info.get("install", "").removeprefix(f"model '{spec.id}' is not installed: ")
+    if spec.is_pipeline and install:  # a pipeline has no files of its own: its parts are downloaded
+        missing = [n for n in spec.needs if not layout.is_ready(_spec(n))]
+        install = f"restorer-cli models download PART, for each missing part: {', '.join(missing)}"
+    lines = [
+        ("", spec.title),
+        ("id", spec.id),
+        ("for", _what_for(spec, catalog).replace(",", ", ")
+         + (f", output x{spec.output_scale}" if spec.output_scale > 1 else "")),
+        ("about", spec.notes),
+        ("licence", licence),
+        ("status", STATE_WORDS.get(info["state"], info["state"])),
+        ("size", size if spec.files and spec.released else ""),
+        ("needs", ", ".join(spec.needs)),
+        ("install", install if spec.released else ""),
+        ("stored in", info["store"] if info["installed"] and spec.files else ""),
+        ("paper", spec.paper),
+    ]
+    for f in spec.files:
+        where = f.url + (f" ({f.member} inside)" if f.member else "") + ("  [open in a browser]" if not can_download(f) else "")
+        lines.append(("file", f"{f.name}  {human_size(f.size)}  {where}"))
+    lines.append(("details", f"docs/models.md in restorer's source, section {spec.id}"))
+    for key, value in lines:
+        if value:
+            print(f"{key + ':':<11} {value}" if key else value)
     return 0
 
 

@@ -4,3 +4,6 @@ TASKS = (
     "denoise", "deblur", "derain", "dehaze", "lowlight", "enhance",
     "superres", "jpeg", "old-photo", "remove-text",
 )
+
+# Tasks that change only the pixels of a mask and keep every other pixel bit-identical.
+MASK_LOCAL_TASKS = frozenset({"remove-text"})

@@ -57,7 +57,13 @@ def make_folder(root: Path, n_plain: int = 12) -> dict:
 
 
 def outputs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    """The images; restorer's own files (journal, lock, run markers, temporaries) start with a dot."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Temporaries and run markers: what a finished run must not leave behind."""
+    return [p for p in folder.rglob("*") if p.suffix == ".part" or p.name.startswith(".restorer-run-")]
 
 
 def test_folder_batch_keeps_what_matters_and_reports_bad_files(tmp_path):
@@ -69,14 +75,15 @@ def test_folder_batch_keeps_what_matters_and_reports_bad_files(tmp_path):
     status = {Path(f["input"]).name: f for f in report["files"]}
     assert {n for n, f in status.items() if f["status"] == "failed"} == {"corrupt.png", "empty.jpg", "notes.png"}
     for name in ("corrupt.png", "empty.jpg", "notes.png"):
-        assert name in status[name]["error"] and status[name]["error"].startswith("cannot read")
+        assert name in status[name]["error"] and "cannot read" in status[name]["error"]
     assert sum(f["status"] == "done" for f in report["files"]) == 12 + 5
     step = status["alpha.png"]["steps"][0]
     assert step["model"] == "builtin:denoise" and step["provider"] and step["task"] == "denoise"
 
     # the input tree is mirrored; no temporary or partial files anywhere
     assert (out / "sub" / "rotated.jpg").exists() and (out / "sub" / "plain01.png").exists()
-    assert not [p for p in outputs(out) if p.name.startswith(".restorer-") or p.suffix == ".part"]
+    assert not leftovers(out)
+    assert (out / ".restorer-journal.json").is_file() and (out / "sub" / ".restorer-journal.json").is_file()
     assert not (out / "corrupt.png").exists() and not (out / "readme.txt").exists()
 
     deep = Image.open(out / "deep16.png")
@@ -107,11 +114,11 @@ def test_killed_run_resumes_without_redoing_finished_images(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "restorer.cli", str(src), "-o", str(out), "--task", "denoise",
                              "--recursive", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and len([p for p in outputs(out) if p.suffix != ".part"]) < 4:
+    while time.time() < deadline and len(outputs(out)) < 4:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = {p: p.stat().st_mtime_ns for p in outputs(out) if not p.name.startswith(".restorer-")}
+    finished = {p: p.stat().st_mtime_ns for p in outputs(out)}
     assert 4 <= len(finished) < 35, "the run should have been killed midway"
     r = cli(src, "-o", out, "--task", "denoise", "--recursive", "--json")
     assert r.returncode == 1  # the three bad files
@@ -121,7 +128,7 @@ def test_killed_run_resumes_without_redoing_finished_images(tmp_path):
     for p, mtime in finished.items():
         assert p.stat().st_mtime_ns == mtime  # not rewritten
     assert sum(f["status"] == "done" for f in files) == 35 - len(finished)
-    assert not [p for p in outputs(out) if p.name.startswith(".restorer-")]
+    assert not leftovers(out)
 
 
 def test_unreadable_single_file_is_one_line_and_exit_2(tmp_path):
@@ -130,7 +137,7 @@ def test_unreadable_single_file_is_one_line_and_exit_2(tmp_path):
     r = cli(bad, "-o", tmp_path / "out", "--task", "denoise")
     assert r.returncode == 2
     lines = [l for l in r.stderr.splitlines() if "cannot read" in l]
-    assert lines and lines[0].startswith(f"restorer-cli: cannot read '{bad}'")
+    assert lines and lines[0].startswith("restorer-cli: ") and str(bad) in lines[0]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out" / "broken.jpg").exists()
 

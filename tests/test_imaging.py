@@ -127,7 +127,7 @@ def test_bad_files_give_one_line(tmp_path, content, reason):
     src.write_bytes(content)
     with pytest.raises(imaging.ImageReadError) as e:
         imaging.load(src)
-    assert str(e.value).startswith(f"cannot read '{src}': ") and reason in str(e.value)
+    assert str(e.value).startswith(f"{src}: cannot read: ") and reason in str(e.value)
     assert "\n" not in str(e.value)
 
 
@@ -145,11 +145,54 @@ def test_save_is_atomic_and_leaves_no_temporary(tmp_path, monkeypatch):
     target.write_bytes(b"previous result")
     img = imaging.Image(RNG.random((8, 8, 3), dtype=np.float32))
 
-    def broken(*args, **kwargs):
-        raise OSError("disk full")
+    def disk_full(fd):  # the temporary is written, then the disk fills up
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(imaging, "encode", broken)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(imaging.os, "fsync", disk_full)
+    with pytest.raises(imaging.ImageWriteError, match=r"out\.png: cannot write: No space left on device$"):
         imaging.save(img, target)
     assert target.read_bytes() == b"previous result"
     assert os.listdir(tmp_path) == ["out.png"]
+
+
+@pytest.mark.parametrize("fmt, ext, what", [("GIF", ".gif", "an animated GIF of 3 frames"),
+                                            ("PNG", ".png", "an animated PNG of 3 frames"),
+                                            ("WEBP", ".webp", "an animated WEBP of 3 frames"),
+                                            ("TIFF", ".tif", "a TIFF of 3 pages")])
+def test_animations_and_multipage_files_are_refused_not_cut_to_one_frame(tmp_path, fmt, ext, what):
+    frames = [PILImage.new("RGB", (8, 8), c) for c in ("red", "green", "blue")]
+    src = tmp_path / f"many{ext}"
+    frames[0].save(src, fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    with pytest.raises(imaging.ImageReadError) as e:
+        imaging.load(src)
+    assert str(e.value).startswith(f"{src}: cannot read: {what}; ") and "\n" not in str(e.value)
+    single = tmp_path / f"one{ext}"
+    frames[0].save(single, fmt)
+    assert imaging.load(single).pixels.shape == (8, 8, 3)
+
+
+def test_pillows_bomb_limit_is_ours_while_loading(tmp_path, monkeypatch):
+    """Pillow refuses over twice its MAX_IMAGE_PIXELS (179 MP by default) before restorer's
+    own check; while restorer loads, Pillow's limit is max_pixels, and it is put back after."""
+    src = tmp_path / "p.png"
+    PILImage.new("RGB", (100, 100)).save(src)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 2000)  # stands in for a 196 MP photo
+    assert imaging.load(src).width == 100  # default limit, 400 MP
+    assert imaging.load(src, max_pixels=10_001).width == 100
+    with pytest.raises(imaging.ImageReadError, match=r"100x100 is 10000 pixels, over the limit of 4000 pixels"):
+        imaging.load(src, max_pixels=4000)  # Pillow's own refusal, said in our words
+    assert PILImage.MAX_IMAGE_PIXELS == 2000
+
+
+def test_write_errors_are_one_line_and_leave_nothing(tmp_path):
+    img = imaging.Image(RNG.random((8, 8, 3), dtype=np.float32))
+    (tmp_path / "afile").write_text("in the way")
+    with pytest.raises(imaging.ImageWriteError, match=r"afile is a file, not a folder$"):
+        imaging.save(img, tmp_path / "afile" / "sub" / "out.png")
+    (tmp_path / "taken.png").mkdir()
+    with pytest.raises(imaging.ImageWriteError, match=r"taken\.png: cannot write: a folder of that name is in the way"):
+        imaging.save(img, tmp_path / "taken.png")
+    huge = imaging.Image(np.zeros((1, 17000, 3), np.float32))  # WebP's side limit is 16383
+    with pytest.raises(imaging.ImageWriteError, match=r"wide\.webp: cannot write: cannot encode it as webp"):
+        imaging.save(huge, tmp_path / "wide.webp")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "taken.png"]

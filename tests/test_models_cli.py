@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tomllib
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from restorer.cli import main
 from restorer.run.loader import build_runner
-
 from restorer.zoo import layout
 from restorer.zoo import recognise as recognise_mod
-from restorer.cli import main
+from restorer.zoo.catalog import human_size
 from tests.store_helpers import HAT_TINY, FileServer, tiny_hat_entry, use_catalog, write_sparse_safetensors
 
+LONG_LICENCE = "Academic Public License (the authors' repository: non-commercial academic use only)"
 CATALOG = (
-    tiny_hat_entry("tiny-hat", files=[{"name": "tiny-hat.safetensors", "url": "https://example.invalid/tiny-hat.safetensors"}])
-    + tiny_hat_entry("tiny-nc", tiny="hat_tiny_x3", licence="CC-BY-NC-4.0", non_commercial=True,
+    tiny_hat_entry("tiny-hat", notes="Upscales tiny test images x2.",
+                   files=[{"name": "tiny-hat.safetensors", "url": "https://example.invalid/tiny-hat.safetensors"}])
+    + tiny_hat_entry("tiny-nc", tiny="hat_tiny_x3", licence=LONG_LICENCE, non_commercial=True,
                      files=[{"name": "HAT_SRx3.pth", "url": "https://drive.google.com/XYZ", "browser": True}])
     + tiny_hat_entry("tiny-gone", tiny="hat_tiny_x4", released=False, files=[])
 )
@@ -43,23 +48,71 @@ def add_tiny(tmp_path, capsys):
     return run(capsys, "models", "add", str(source))
 
 
-def test_list_shows_every_entry_with_licence_and_state(tmp_path, capsys):
-    code, out, _ = run(capsys, "models", "list")
+def table(out: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
+
+
+def test_list_hides_unreleased_and_never_cuts_the_licence(tmp_path, capsys):
+    code, out, err = run(capsys, "models", "list")
     assert code == 0
-    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert set(lines) == {"tiny-hat", "tiny-nc", "tiny-gone"}
-    assert "MIT" in lines["tiny-hat"] and lines["tiny-hat"].rstrip().endswith("missing")
-    assert "CC-BY-NC-4.0 [NC]" in lines["tiny-nc"]
-    assert lines["tiny-gone"].rstrip().endswith("unreleased")
+    assert out.splitlines()[0].split() == ["ID", "FOR", "SCALE", "SIZE", "STATUS", "LICENCE"]
+    lines = table(out)
+    assert set(lines) == {"tiny-hat", "tiny-nc"}  # tiny-gone was announced, never released
+    assert "1 model(s) announced by their authors but never released are hidden: --all lists them" in err
+    assert "not installed" in lines["tiny-hat"] and lines["tiny-hat"].endswith("  MIT")
+    assert lines["tiny-nc"].endswith(f"  {LONG_LICENCE} [non-commercial]")  # whole, however long
+    assert "[non-commercial] = the licence forbids commercial use" in err
+
+    code, out, err = run(capsys, "models", "list", "--all")
+    lines = table(out)
+    assert set(lines) == {"tiny-hat", "tiny-nc", "tiny-gone"} and "hidden" not in err
+    assert "never released" in lines["tiny-gone"]
+    assert [r["id"] for r in json.loads(run(capsys, "models", "list", "--json")[1])] == ["tiny-hat", "tiny-nc"]
+    assert len(json.loads(run(capsys, "models", "list", "--all", "--json")[1])) == 3
 
     assert add_tiny(tmp_path, capsys)[0] == 0
     code, out, _ = run(capsys, "models", "list", "--json")
     rows = {r["id"]: r for r in json.loads(out)}
-    assert {"id", "tasks", "arch", "scale", "licence", "installed"} <= set(rows["tiny-hat"])
+    assert {"id", "tasks", "arch", "scale", "size", "licence", "installed"} <= set(rows["tiny-hat"])
     assert rows["tiny-hat"]["installed"] is True and rows["tiny-nc"]["installed"] is False
     assert rows["tiny-nc"]["non_commercial"] is True and rows["tiny-hat"]["scale"] == 2
+    # The catalog does not know this file's size; once installed, its size on disk is shown.
+    size = (HAT_TINY / "hat_tiny_x2.safetensors").stat().st_size
+    assert rows["tiny-hat"]["size"] == size and rows["tiny-nc"]["size"] == 0
+    line = table(run(capsys, "models", "list")[1])["tiny-hat"]
+    assert human_size(size) in line and "installed" in line and "not installed" not in line
     code, out, _ = run(capsys, "models", "list", "--installed", "--json")
     assert [r["id"] for r in json.loads(out)] == ["tiny-hat"]
+
+
+def test_info_speaks_to_users(capsys):
+    code, out, _ = run(capsys, "models", "info", "tiny-nc")
+    assert code == 0
+    fields = dict(line.split(":", 1) for line in out.splitlines()[1:])
+    assert out.splitlines()[0] == "tiny HAT tiny-nc"
+    assert fields["licence"].strip() == LONG_LICENCE  # already says non-commercial: nothing added
+    assert fields["status"].strip() == "not installed"
+    assert fields["install"].strip().startswith("download HAT_SRx3.pth in a browser from https://drive.google.com/XYZ")
+    assert "pad_multiple" not in out and "precisions" not in out  # implementation details stay in --json
+    code, out, _ = run(capsys, "models", "info", "tiny-hat")
+    assert "about:      Upscales tiny test images x2." in out.splitlines()
+    assert "details:    docs/models.md in restorer's source, section tiny-hat" in out.splitlines()
+    code, out, _ = run(capsys, "models", "info", "tiny-gone")
+    assert "status:     never released" in out and "install" not in out
+
+
+PACKAGED = tomllib.loads(resources.files("restorer_models").joinpath("catalog.toml").read_text())["model"]
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+
+
+def test_catalog_notes_are_short_and_details_are_in_docs():
+    """`notes` is what users read (models info, the app); implementation details live in
+    docs/models.md, one section per catalog id."""
+    sections = {line[3:].strip() for line in DOCS.read_text().splitlines() if line.startswith("## ")}
+    missing = [e["id"] for e in PACKAGED if e["id"] not in sections]
+    assert not missing, f"docs/models.md has no section for {missing}"
+    long = {e["id"]: len(e.get("notes", "")) for e in PACKAGED if len(e.get("notes", "")) > 250}
+    assert not long, f"notes over 250 characters (move the details to docs/models.md): {long}"
 
 
 def test_restoring_with_a_model_not_installed_prints_the_hint(tmp_path, capsys):

@@ -88,7 +88,8 @@ class BatchWindow(QWidget):
         self.quality.setRange(1, 100)
         self.quality.setValue(settings.quality)
         form.addRow("Quality", self.quality)
-        self.skip_existing = QCheckBox("Skip files whose output exists (otherwise replace them; inputs never)")
+        self.skip_existing = QCheckBox("Skip outputs restorer already made this way "
+                                       "(otherwise replace every output; inputs never)")
         self.skip_existing.setChecked(settings.skip_existing)
         form.addRow("", self.skip_existing)
 
@@ -182,16 +183,26 @@ class BatchWindow(QWidget):
         except request.RequestError as e:
             return self._error(str(e))
         fmt = OUTPUT_FORMATS[self.format.currentIndex()]
+        problem = files.check_suffix(self.suffix.text())
+        if problem:
+            return self._error(f"name suffix {self.suffix.text()!r}: {problem}")
         items = files.discover([source], target, recursive=self.recursive.isChecked(), fmt=fmt,
-                               suffix=self.suffix.text())
-        files.prepare(items, overwrite=not self.skip_existing.isChecked())
+                               suffix=self.suffix.text(), mask_local=plan.mask_local)
         if not items:
             return self._error(f"no images in '{source}'")
+        clashes = files.collisions(items)
+        if clashes:  # before any image is restored, as restorer-cli does
+            return self._error(clashes[0][0])
+        problem = files.check_writable(target)
+        if problem:
+            return self._error(problem)
         self.items = items
         self.outcome = None
         self._fill_table()
         self.summary.clear()
-        job = BatchJob(items, plan, Output(fmt, self.quality.value()), parent=self)
+        # run_batch decides from the output folders' journals what is skipped, redone or refused.
+        output = Output(fmt, self.quality.value(), overwrite=not self.skip_existing.isChecked())
+        job = BatchJob(items, plan, output, parent=self)
         job.hook(job.itemChanged, self._update_row)
         job.hook(job.progress, self._progress)
         job.hook(job.succeeded, self._finished)

@@ -1,15 +1,20 @@
 """The one batch loop: files restored one after another with one plan and one runner cache.
-The CLI, the app's queue and any later executor run folders through `run_batch`."""
+The CLI, the app's queue and any later executor run folders through `run_batch`, and so all
+of them keep the output folders' journals (restorer.batch.journal) and run markers."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from restorer.batch.files import Item, clean_stale_temporaries
+from restorer.batch import files, journal
+from restorer.batch.files import Item
 from restorer.batch.restore import restore
 from restorer.io import imaging
+from restorer.io.atomic import atomic_path
 from restorer.plan.request import Plan
 from restorer.run.context import Context
 from restorer.run.loader import RunnerCache
@@ -24,6 +29,17 @@ class Output:
     quality: int = 95
     max_pixels: int | None = None
     save_intermediates: bool = False
+    overwrite: bool = False  # replace existing outputs, restorer's or not (never inputs)
+
+
+def settle(items: list[Item], plan: Plan, output: Output) -> list[int]:
+    """Before anything runs: refuse outputs that would replace an input or that several inputs
+    share, then decide from the journals what is skipped, redone or refused. What a dry run
+    shows; run_batch does it first. Returns the indices of the items it settled."""
+    before = [item.status for item in items]
+    files.prepare(items)
+    journal.decide(items, journal.plan_fingerprint(plan, output), overwrite=output.overwrite)
+    return [i for i, item in enumerate(items) if item.status != before[i]]
 
 
 def run_batch(
@@ -42,11 +58,16 @@ def run_batch(
     `on_item(index, item)` is called when an item starts ("running") and when it ends;
     `on_tiles(index, done, total)` as its tiles finish. Runners are built once for the
     whole batch (the given cache, else one owned and released here)."""
+    for index in settle(items, plan, output):
+        if on_item:
+            on_item(index, items[index])
+    plan_id = PlanId(journal.plan_fingerprint(plan, output), journal.plan_summary(plan))
     owned = cache is None
     cache = cache or RunnerCache()
-    clean_stale_temporaries(items)
     finished = True
+    markers: dict[Path, Path] = {}
     try:
+        _claim_folders(items, markers, on_item)
         for index, item in enumerate(items):
             if item.status != "pending":
                 continue
@@ -63,10 +84,11 @@ def run_batch(
 
             ctx = Context(plan.device, plan.tile, progress=progress, cancel=cancel, cache=cache, on_note=on_note)
             try:
-                process(item, plan, ctx, output)
+                process(item, plan, ctx, output, plan_id)
             except Cancelled:
                 item.status = "cancelled"
                 finished = False
+            _touch(markers.get(item.output.parent))
             if on_item:
                 on_item(index, item)
             if not finished:
@@ -74,6 +96,8 @@ def run_batch(
     finally:
         if owned:
             cache.clear()
+        for marker in markers.values():
+            files.release_folder(marker)
     if not finished:
         for index, item in enumerate(items):
             if item.status == "pending":
@@ -83,30 +107,78 @@ def run_batch(
     return finished
 
 
+@dataclass
+class PlanId:
+    """How the journal names this batch's plan."""
+
+    fingerprint: str  # journal.plan_fingerprint
+    summary: str  # journal.plan_summary, for people
+
+
+def _claim_folders(items: list[Item], markers: dict[Path, Path], on_item) -> None:
+    """Mark every folder this batch will write to (files.claim_folder) into `markers`; the
+    items of a folder that cannot be written to fail here, named, before any image is restored."""
+    for item in items:
+        folder = item.output.parent
+        if item.status != "pending" or folder in markers:
+            continue
+        try:
+            markers[folder] = files.claim_folder(folder)
+        except OSError as e:
+            problem = f"{folder}: cannot write: {e.strerror or e}"
+            for i, other in enumerate(items):
+                if other.status == "pending" and other.output.parent == folder:
+                    other.status, other.error = "failed", problem
+                    if on_item:
+                        on_item(i, other)
+            continue
+        try:
+            journal.Journal(folder).compact()
+        except OSError:
+            pass  # housekeeping only; a journal that cannot be written fails its files by name
+
+
+def _touch(marker: Path | None) -> None:
+    """A marker touched after each file says its run is alive (files.STALE_AFTER)."""
+    if marker is not None:
+        try:
+            os.utime(marker)
+        except OSError:
+            pass
+
+
 def process(
     item: Item,
     plan: Plan,
     ctx: Context,
     output: Output,
+    plan_id: PlanId,
 ) -> None:
-    """Restore one file into item.output; errors are recorded on the item, never raised."""
+    """Restore one file into item.output and journal it; errors are recorded on the item,
+    never raised."""
     start = time.perf_counter()
     try:
         image = imaging.load(item.input, max_pixels=output.max_pixels)
+        try:
+            input_fp = journal.input_fingerprint(item.input)
+        except OSError as e:
+            raise imaging.ImageReadError(item.input, e.strerror or str(e)) from None
         item.notes.extend(image.meta.notes)
         ctx.stage_images = {}
         result, reports = restore(image, plan, ctx)
         item.steps = [r.as_dict() for r in reports]
         out_fmt = image.meta.format if output.fmt == "same" else output.fmt
         out_fmt = imaging.format_of(item.output) or out_fmt
-        if image.meta.bit_depth == 16 and out_fmt not in imaging.SIXTEEN_BIT_FORMATS:
-            item.notes.append(f"16-bit input written as 8-bit {out_fmt}")
+        item.notes.extend(losses(result, image.meta.bit_depth, out_fmt))
         if output.save_intermediates:
             for stage, pixels in ctx.stage_images.items():
                 stage_path = item.output.with_name(f"{item.output.stem}.{stage}.png")
                 stage_meta = imaging.ImageMeta(format="png", bit_depth=8, gray=pixels.shape[2] == 1)
                 imaging.save(imaging.Image(pixels, None, stage_meta), stage_path, format="png")
-        imaging.save(result, item.output, format=out_fmt, quality=output.quality)
+        data = imaging.encode(result, out_fmt, output.quality)
+        entry = journal.record(item, "writing", input_fp, plan_id.fingerprint, plan_id.summary,
+                               journal.output_fingerprint(data))
+        write_journaled(item.output, data, entry)
         item.status = "done"
     except imaging.ImageReadError as e:
         item.status, item.error = "failed", str(e)
@@ -122,3 +194,39 @@ def process(
         item.status, item.error = "failed", f"'{item.input}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:
         item.seconds = time.perf_counter() - start
+
+
+def losses(image: imaging.Image, bit_depth: int, fmt: str) -> list[str]:
+    """What writing `image` as `fmt` drops, one note each (imaging.encode drops it silently)."""
+    notes = []
+    if bit_depth == 16 and fmt not in imaging.SIXTEEN_BIT_FORMATS:
+        notes.append(f"16-bit input written as 8-bit {fmt}")
+    if image.alpha is not None:
+        if fmt not in imaging.ALPHA_FORMATS:
+            notes.append(f"alpha channel dropped: {fmt} has no transparency")
+        elif image.pixels.shape[2] == 1 and bit_depth == 16 and fmt in imaging.SIXTEEN_BIT_FORMATS:
+            notes.append(f"alpha channel dropped: 16-bit gray {fmt} is written without one")
+    return notes
+
+
+def write_journaled(path: Path, data: bytes, entry: dict) -> None:
+    """`data` as `path`, complete or not at all, with the permissions open() would give; its
+    "writing" record goes into the folder's journal before the rename, "done" after."""
+    book = journal.Journal(path.parent)
+    try:
+        book.append(entry)
+    except OSError as e:
+        raise imaging.ImageWriteError(book.path, e.strerror or str(e)) from None
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, imaging.FILE_MODE)
+    except OSError as e:
+        raise imaging.ImageWriteError(path, e.strerror or str(e)) from None
+    try:
+        book.append({**entry, "status": "done"})
+    except OSError:
+        pass  # the "writing" record, whose hash the output matches, already vouches for it

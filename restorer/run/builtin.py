@@ -29,6 +29,15 @@ BUILTIN_TASKS = {
     "superres": "builtin:upscale",
 }
 
+
+def device_warning(device: str) -> str | None:
+    """The warning for a run that asked for CUDA and runs built-in operators: they are numpy
+    and OpenCV on the CPU, whatever the device (None when nothing else was asked for)."""
+    if device != "cuda":
+        return None
+    return "CUDA was asked for, but the built-in operators run on the CPU only (no GPU version)"
+
+
 # Strength used when the caller gives none; each is documented on its operator.
 DEFAULT_STRENGTH = {
     "builtin:denoise": 0.5,

@@ -23,6 +23,9 @@ log = logging.getLogger("restorer")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
+# Set on the log record of a "not on the device asked for" warning: a front end shows the
+# first of a run and drops the rest (every session of a run would say the same).
+DEVICE_WARNING = "restorer_device_warning"
 
 
 class RuntimeMissing(RuntimeError):
@@ -92,7 +95,7 @@ def create_session(path: str | Path, device: str = "auto") -> Session:
     if device in ("auto", "cuda") and actual != CUDA and (device == "cuda" or CUDA in providers):
         reason = reason or "the CUDA provider could not start (no GPU or CUDA libraries found)"
         note = f"CUDA unavailable: {reason}; running on CPU"
-        log.warning(note)
+        log.warning(note, extra={DEVICE_WARNING: True})
     return Session(session, actual, note)
 
 

@@ -88,21 +88,45 @@ def by_hand(spec: ModelSpec, f: FileSpec) -> str:
             f"restorer-cli models add {f.name} --id {spec.id}")
 
 
+# How resolvers and HTTP libraries word "no such host" and "nobody listens" (glibc, musl,
+# macOS, Windows, urllib3, httpx, the Rust client behind hf_xet, curl).
+UNREACHABLE_WORDS = (
+    "name or service not known", "nodename nor servname", "temporary failure in name resolution",
+    "no address associated with hostname", "name does not resolve", "getaddrinfo failed",
+    "failed to lookup address", "failed to resolve", "could not resolve host", "dns error", "no such host",
+    "nameresolutionerror", "connection refused",
+)
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """`error` and what it wraps: reason (urllib), __cause__ / __context__, and exceptions
+    carried in args (requests wraps urllib3's error that way), breadth first."""
+    seen, queue = [], [error]
+    while queue and len(seen) < 16:
+        e = queue.pop(0)
+        if any(e is s for s in seen):
+            continue
+        seen.append(e)
+        reason = getattr(e, "reason", None)
+        queue += [c for c in (reason, e.__cause__, e.__context__, *getattr(e, "args", ()))
+                  if isinstance(c, BaseException)]
+    return seen
+
+
 def _unreachable(url: str, error) -> StoreError | None:
-    """A one-line error when `error` says the host could not be reached at all (DNS, refused)."""
+    """A one-line error when `error` says the host could not be reached at all (DNS, refused).
+    Every wrapper around a download (urllib, requests, httpx, huggingface_hub, gdown) is
+    looked through, so a DNS failure is never reported as an interrupted transfer."""
     import socket
 
-    chain, e = [], error
-    while e is not None and len(chain) < 8:
-        chain.append(e)
-        e = getattr(e, "reason", None) if isinstance(getattr(e, "reason", None), BaseException) else (e.__cause__ or e.__context__)
+    chain = _causes(error)
     text = " ".join(str(c) for c in chain).lower()
     if any(isinstance(c, (socket.gaierror, ConnectionRefusedError)) for c in chain) or any(
-            k in text for k in ("name or service not known", "nodename nor servname", "temporary failure in name resolution",
-                                "getaddrinfo failed", "connection refused", "failed to resolve")):
+            k in text for k in UNREACHABLE_WORDS):
         host = urlparse(url).netloc or url
         reason = next((str(c) for c in chain if isinstance(c, (socket.gaierror, ConnectionRefusedError))), str(error))
-        return StoreError(f"cannot reach {host}: {reason.splitlines()[0] if reason else 'no connection'}")
+        reason = reason.splitlines()[0] if reason.strip() else "no connection"
+        return StoreError(f"cannot reach {host}: {reason}")
     return None
 
 
@@ -236,6 +260,9 @@ def fetch_hf(url: str, endpoint: str, repo_id: str, revision: str, filename: str
     local_dir = home() / "downloads" / "hf" / hashlib.sha1(f"{endpoint}/{repo_id}@{revision}".encode()).hexdigest()[:10]
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
     _resolve_host(endpoint)
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would print a second line for the same failure
     try:
         path = hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint, local_dir=local_dir,
                                token=token if token else False)
@@ -261,6 +288,8 @@ def fetch_hf(url: str, endpoint: str, repo_id: str, revision: str, filename: str
             raise unreachable from None
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise StoreError(f"download of {url} interrupted ({first}); run the same command again to resume") from None
+    finally:
+        hub_log.setLevel(level)
     path = Path(path)
     if progress:
         size = path.stat().st_size
@@ -363,7 +392,8 @@ def _check_download(path: Path, spec: ModelSpec, f: FileSpec, url: str) -> None:
             shapes = tensor_shapes(path, spec.wrapper_key)
         except StoreError as e:
             path.unlink(missing_ok=True)
-            raise StoreError(f"{f.name} from {url} is not a usable checkpoint ({e}); nothing was kept") from None
+            why = str(e).removeprefix(f"{path.name}: ")  # the reader names its temporary file
+            raise StoreError(f"{f.name} from {url} is not a usable checkpoint ({why}); nothing was kept") from None
         diff = compare(shapes, signature(spec), _lenient(spec))
         if diff:
             path.unlink(missing_ok=True)

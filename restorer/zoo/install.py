@@ -9,6 +9,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -87,12 +88,41 @@ def add(path: str | os.PathLike, model_id: str | None = None, *, catalog: Catalo
     path = Path(path)
     catalog = _catalog(catalog)
     if not path.is_file():
-        raise StoreError(f"cannot read '{path}': no such file")
+        raise StoreError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
     if file_kind(path) == "archive":
-        return _add_archive(path, model_id, catalog)
+        try:
+            return _add_archive(path, model_id, catalog)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a bad CRC, a cut or lying member
+            raise StoreError(f"{path.name}: a damaged zip archive ({e})") from None
     match = identify(path, model_id, catalog=catalog)
     stored = _place(path, match.spec, match.file, origin=str(path.resolve()))
     return AddResult(installed=[(match.spec.id, stored)])
+
+
+# Limits on what an archive may make us write, checked from its directory before anything
+# is extracted (a zip bomb declares gigabytes in a few kilobytes). The largest released
+# checkpoint is well under 1 GB and compresses by a few percent at most.
+MAX_MEMBER_BYTES = 8 << 30
+MAX_RATIO = 100  # inflated size / stored size, for members over RATIO_FROM bytes
+RATIO_FROM = 1 << 20
+SPARE_BYTES = 256 << 20  # left free on the store's disk after extracting
+
+
+def check_sizes(members: list[zipfile.ZipInfo], label: str, folder: Path) -> None:
+    """Refuse, before extraction, members that declare more than a checkpoint could be, that
+    inflate out of proportion, or that together would not fit on `folder`'s disk."""
+    for info in members:
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise StoreError(f"{label}: refusing the archive: member {info.filename!r} declares "
+                             f"{info.file_size} bytes, over the limit of {MAX_MEMBER_BYTES}")
+        if info.file_size > RATIO_FROM and info.file_size > MAX_RATIO * max(1, info.compress_size):
+            raise StoreError(f"{label}: refusing the archive: member {info.filename!r} inflates "
+                             f"{info.compress_size} bytes to {info.file_size} (a zip bomb?)")
+    needed = sum(i.file_size for i in members)
+    free = shutil.disk_usage(folder).free
+    if needed + SPARE_BYTES > free:
+        raise StoreError(f"{label}: its checkpoints need {needed >> 20} MB but {folder} has "
+                         f"{free >> 20} MB free; nothing was extracted")
 
 
 def safe_members(archive: zipfile.ZipFile, label: str) -> list[zipfile.ZipInfo]:
@@ -110,11 +140,21 @@ def safe_members(archive: zipfile.ZipFile, label: str) -> list[zipfile.ZipInfo]:
 
 
 def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, workdir: Path) -> Path:
-    """One member copied to a file we name ourselves (the member's path is never used)."""
-    suffix = PurePosixPath(info.filename).suffix
-    out = workdir / f"member{suffix}"
+    """One member copied into `workdir` (a fresh folder of ours) under its base name only, so
+    messages name what the user knows; its sizes checked first, and the copy stopped the moment
+    it inflates past what the archive declared (a lying header)."""
+    check_sizes([info], info.filename, workdir)
+    name = PurePosixPath(info.filename.replace("\\", "/")).name
+    out = workdir / (name if re.fullmatch(r"[\w .+-]{1,120}", name) and name.strip(".") else
+                     f"member{PurePosixPath(name).suffix[:16]}")
+    written = 0
     with archive.open(info) as src, open(out, "wb") as dst:
-        shutil.copyfileobj(src, dst, CHUNK)
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            if written > info.file_size:
+                raise StoreError(f"{info.filename}: inflates past the {info.file_size} bytes the archive "
+                                 "declares; refusing it")
+            dst.write(chunk)
     return out
 
 
@@ -125,6 +165,7 @@ def _add_archive(path: Path, model_id: str | None, catalog: Catalog) -> AddResul
         weights = [m for m in members if m.filename.lower().endswith(WEIGHT_SUFFIXES)]
         if not weights:
             raise StoreError(f"{path.name}: the archive holds no weights files ({', '.join(WEIGHT_SUFFIXES)})")
+        check_sizes(weights, path.name, _scratch())  # all of them, before the first is extracted
         for info in weights:
             with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
                 member = _extract(archive, info, Path(tmp))
@@ -168,7 +209,8 @@ def verify(spec: ModelSpec) -> list[str]:
             try:
                 diff = compare(tensor_shapes(path, spec.wrapper_key), signature(spec), _lenient(spec))
             except StoreError as e:
-                diff = str(e)
+                problems.append(str(e))  # it names the file already
+                continue
             if diff:
                 problems.append(f"{f.name}: {diff}")
     return problems

@@ -182,8 +182,8 @@ def recognise(
     label = name or path.name
     try:
         found = tensor_shapes(path)
-    except StoreError as e:
-        raise StoreError(f"{label}: {e}") from None
+    except StoreError as e:  # it starts with the file's name: say it once, as the user knows it
+        raise StoreError(f"{label}: {str(e).removeprefix(f'{path.name}: ')}") from None
     if not found:
         raise StoreError(f"{label}: the file holds no tensors")
     if model_id is not None:

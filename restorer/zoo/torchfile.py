@@ -33,6 +33,10 @@ from restorer.zoo.layout import StoreError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+# A state dict's pickle is kilobytes to a few megabytes; a bigger one is not read into memory.
+MAX_PICKLE_BYTES = 256 << 20
+# torch.save stores members uncompressed; a compressed one inflating more than this is a bomb.
+MAX_RATIO = 100
 
 
 class Refused(Exception):
@@ -301,6 +305,8 @@ def _load_zip(path: Path, data: _Bytes):
         pickles = sorted(n for n in infos if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1))
         if not pickles:
             raise Malformed("a zip archive without data.pkl")
+        for info in infos.values():  # checked before anything is inflated
+            _check_member(info)
         root = pickles[0][: -len("data.pkl")]
         order = "<"
         if root + "byteorder" in infos:
@@ -323,12 +329,22 @@ def _load_zip(path: Path, data: _Bytes):
             if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
                 raw_bytes = data.slice(_member_data_start(raw, info), nbytes)
             else:
-                raw_bytes = np.frombuffer(bytearray(z.read(info)[:nbytes]), np.uint8)
+                with z.open(info) as member:  # only the bytes the tensors use
+                    raw_bytes = np.frombuffer(bytearray(member.read(nbytes)), np.uint8)
             storages[key] = Storage(stype, numel, order=order)
             storages[key].set_data(raw_bytes)
             return storages[key]
 
         return _Unpickler(io.BytesIO(z.read(infos[pickles[0]])), persistent).load()
+
+
+def _check_member(info: zipfile.ZipInfo) -> None:
+    """Refuse, from the zip's own directory, a member that would inflate out of proportion."""
+    if info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES:
+        raise Malformed(f"its {info.filename} declares {info.file_size} bytes, far more than a state dict's pickle")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_RATIO * info.compress_size + (1 << 20):
+        raise Malformed(f"member {info.filename[:60]} inflates {info.compress_size} bytes to {info.file_size} "
+                        "(a zip bomb?)")
 
 
 # ---------------------------------------------------------------- legacy format
@@ -457,25 +473,63 @@ def is_zip(path: Path) -> bool:
 
 def load(path: str | Path, arrays: bool = True):
     """The object a torch.save file holds, tensors as numpy arrays (with `arrays=False`, as
-    TensorInfo: shape and dtype, no data touched); StoreError (one line) when the file holds
-    anything but tensors and plain containers, or cannot be read."""
+    TensorInfo: shape and dtype, no data touched); StoreError (one line, starting with the
+    file's name) when the file holds anything but tensors and plain containers, or cannot be read."""
     path = Path(path)
+    name = path.name
     try:
         data = _Bytes(path)
         obj = _load_zip(path, data) if is_zip(path) else _load_legacy(path, data)
         return _resolve(obj, {}, arrays)
     except Refused as e:
-        raise StoreError(f"refusing to load {path.name}: its pickle calls {e.args[0]}; "
+        raise StoreError(f"{name}: refusing to load it: its pickle calls {e.args[0]}; "
                          "only plain tensor files are loaded (nothing in it was run)") from None
     except Malformed as e:
-        raise StoreError(f"cannot read {path.name} as a PyTorch checkpoint: {e.args[0]}") from None
+        raise StoreError(_not_a_checkpoint(path, e.args[0])) from None
     except (TypeError, AttributeError) as e:
         # a record called with the wrong arguments, or an operation on one of our stand-ins
-        raise StoreError(f"refusing to load {path.name}: its pickle holds more than tensors "
+        raise StoreError(f"{name}: refusing to load it: its pickle holds more than tensors "
                          f"({_first_line(e)}); only plain tensor files are loaded (nothing in it was run)") from None
     except (pickle.UnpicklingError, EOFError, ValueError, OSError, IndexError, KeyError, OverflowError,
             MemoryError, RecursionError, zipfile.BadZipFile, UnicodeDecodeError, struct.error) as e:
-        raise StoreError(f"cannot read {path.name} as a PyTorch checkpoint: {_first_line(e)}") from None
+        raise StoreError(_not_a_checkpoint(path, _first_line(e))) from None
+
+
+def _not_a_checkpoint(path: Path, why: str) -> str:
+    """Why a file is no checkpoint, in the user's terms where its first bytes say what it is
+    (the pickle's own complaint about a text file, "Memo value not found", helps no one)."""
+    what = sniff(path)
+    if what:
+        return f"{path.name}: not a PyTorch checkpoint ({what})"
+    return f"{path.name}: not a readable PyTorch checkpoint: {why}"
+
+
+def sniff(path: Path) -> str:
+    """What a file that is no checkpoint is, from its first bytes ("" when unknown)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return ""
+    if not head:
+        return "the file is empty"
+    lower = head.lstrip().lower()
+    if lower.startswith((b"<!doctype html", b"<html", b"<head")) or b"<html" in lower[:256]:
+        return "it is a web page: save the file the page links to, not the page"
+    if lower.startswith(b"<?xml"):
+        return "it is an XML document, often a server's error reply"
+    for magic, kind in ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "gzip data"),
+                        (b"7z\xbc\xaf", "a 7-Zip archive"), (b"Rar!", "a RAR archive"), (b"%PDF", "a PDF")):
+        if head.startswith(magic):
+            return f"it is {kind}"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.start < len(head) - 3:  # not just a character cut at the end of the sample
+                return ""
+        return "it is text"
+    return ""
 
 
 def _first_line(e: BaseException) -> str:

@@ -46,17 +46,24 @@ def load_state_dict(path: str | os.PathLike, spec: ModelSpec | None = None) -> d
     """A checkpoint's tensors by name as numpy arrays (bfloat16 widened to float32), read
     safely and without torch: safetensors, or a PyTorch file through the restricted
     unpickler of restorer.zoo.torchfile (never a full unpickle). The arrays are copy-on-write
-    views of the memory-mapped file where the format allows."""
+    views of the memory-mapped file where the format allows. A StoreError starts with the
+    file's name."""
     return _read_tensors(Path(path), spec.wrapper_key if spec else "")
+
+
+# The longest safetensors JSON header restorer reads (real ones are kilobytes to a few MB).
+MAX_HEADER_BYTES = 100 << 20
 
 
 def file_kind(path: Path) -> str:
     """What a file is by its content, not its name: "safetensors", "archive" (a zip of
     checkpoints) or "torch" (torch.save's zip or legacy pickle; anything else is tried as
-    that and refused cleanly)."""
+    that and refused cleanly). A `.safetensors` name, or a `{` after the 8-byte length (no
+    PyTorch file has one there), is read as safetensors, whose header check then says what
+    is wrong: a wild length is not a reason to try the file as a pickle."""
     with open(path, "rb") as f:
         head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100 << 20:
+    if path.suffix.lower() == ".safetensors" or head[8:9] == b"{":
         return "safetensors"
     if head[:2] == b"PK" and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
@@ -68,11 +75,20 @@ def file_kind(path: Path) -> str:
 
 def _read_tensors(path: Path, wrapper_key: str) -> dict:
     if not path.is_file():
-        raise StoreError(f"cannot read '{path}': no such file")
+        raise StoreError(f"{path.name}: no such file")
     if file_kind(path) == "safetensors":
         return _unwrap(_read_safetensors(path), wrapper_key)
-    raw = _unwrap(torchfile.load(path), wrapper_key)
+    try:
+        raw = _unwrap(torchfile.load(path), wrapper_key)
+    except StoreError as e:
+        raise StoreError(_named(path, e)) from None
     return {k: v for k, v in raw.items() if _is_tensor(v)}
+
+
+def _named(path: Path, error: StoreError) -> str:
+    """An error's message starting with the file's name (once)."""
+    text = str(error)
+    return text if text.startswith(f"{path.name}: ") else f"{path.name}: {text}"
 
 
 # safetensors dtype -> numpy ("bf16": raw uint16, widened to float32)
@@ -94,16 +110,16 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         try:
             code, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
-            raise StoreError(f"cannot read {path.name} as safetensors: bad header entry for {name}") from None
+            raise StoreError(f"{path.name}: not a readable safetensors file: bad header entry for {name}") from None
         kind = _ST_DTYPES.get(code)
         if kind is None:
-            raise StoreError(f"cannot read {path.name} as safetensors: tensor {name} has dtype {code}, "
+            raise StoreError(f"{path.name}: not a readable safetensors file: tensor {name} has dtype {code}, "
                              "which restorer does not read")
         elem = np.dtype("<u2" if kind == "bf16" else kind)
         if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)
                 and all(type(o) is int for o in (begin, end)) and 0 <= begin <= end <= size
                 and end - begin == math.prod(shape) * elem.itemsize):
-            raise StoreError(f"cannot read {path.name} as safetensors: tensor {name}'s shape and "
+            raise StoreError(f"{path.name}: not a readable safetensors file: tensor {name}'s shape and "
                              "offsets do not fit the file")
         if end == begin:
             array = np.zeros(shape, elem)
@@ -118,19 +134,30 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, its length checked against the file before
+    anything is read (a length of 2**60 is a corrupt or hostile file, not a reason to try)."""
+    bad = f"{path.name}: not a readable safetensors file"
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
-            raise StoreError(f"cannot read {path.name} as safetensors: the file is too short")
+            what = torchfile.sniff(path)
+            raise StoreError(f"{path.name}: not a safetensors file ({what})" if what else f"{bad}: the file is too short")
         n = int.from_bytes(head, "little")
-        if n <= 0 or n > 100 << 20 or n > path.stat().st_size - 8:
-            raise StoreError(f"cannot read {path.name} as safetensors: bad header length")
+        if f.read(1) != b"{":
+            what = torchfile.sniff(path)
+            raise StoreError(f"{path.name}: not a safetensors file ({what or 'no JSON header after the length'})")
+        if n > size - 8:
+            raise StoreError(f"{bad}: its header claims {n} bytes but the whole file has {size}")
+        if n > MAX_HEADER_BYTES:
+            raise StoreError(f"{bad}: its header claims {n} bytes, over restorer's limit of {MAX_HEADER_BYTES}")
+        f.seek(8)
         try:
             header = json.loads(f.read(n))
-        except ValueError:
-            raise StoreError(f"cannot read {path.name} as safetensors: the header is not JSON") from None
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested without end
+            raise StoreError(f"{bad}: the header is not JSON") from None
     if not isinstance(header, dict):
-        raise StoreError(f"cannot read {path.name} as safetensors: the header is not a JSON object")
+        raise StoreError(f"{bad}: the header is not a JSON object")
     header.pop("__metadata__", None)
     return header
 
@@ -138,17 +165,21 @@ def _safetensors_header(path: Path) -> dict:
 def tensor_shapes(path: str | os.PathLike, wrapper_key: str = "") -> dict[str, tuple[int, ...]]:
     """Names and shapes of a checkpoint's tensors, without reading their data: the
     safetensors JSON header, or the PyTorch file's records (its storages memory-mapped,
-    never read)."""
+    never read). A StoreError starts with the file's name."""
     path = Path(path)
     if not path.is_file():
-        raise StoreError(f"cannot read '{path}': no such file")
+        raise StoreError(f"{path.name}: no such file")
     if file_kind(path) == "safetensors":
         header = _safetensors_header(path)
-        try:
-            return {(k[len("module."):] if k.startswith("module.") else k): tuple(v["shape"])
-                    for k, v in header.items()}
-        except (KeyError, TypeError):
-            raise StoreError(f"cannot read {path.name} as safetensors: a header entry without a shape") from None
-    raw = _unwrap(torchfile.load(path, arrays=False), wrapper_key)
+        shapes = {}
+        for k, v in header.items():
+            shape = v.get("shape") if isinstance(v, dict) else None
+            if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)):
+                raise StoreError(f"{path.name}: not a readable safetensors file: tensor {k[:80]} has no valid shape")
+            shapes[k[len("module."):] if k.startswith("module.") else k] = tuple(shape)
+        return shapes
+    try:
+        raw = _unwrap(torchfile.load(path, arrays=False), wrapper_key)
+    except StoreError as e:
+        raise StoreError(_named(path, e)) from None
     return {k: tuple(v.shape) for k, v in raw.items() if isinstance(v, torchfile.TensorInfo)}
-
