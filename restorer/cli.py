@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=_number(float, 0, 1), metavar="S", help="0..1 for operators that have one")
     p.add_argument("--tile", type=_number(int, MIN_TILE), metavar="N",
                    help=f"tile size in pixels, at least {MIN_TILE} (default: from free memory)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    from restorer.run.onnx import DEVICES
+
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: CUDA if there, else OpenVINO on an Intel CPU where installed, else ONNX Runtime CPU")
     p.add_argument("--format", default="same", metavar="{same,png,jpg,webp,tiff}",
                    help="output format (default: same as the input)")
     p.add_argument("--quality", type=_number(int, 1, 100), default=95, metavar="Q",

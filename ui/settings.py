@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
 
 from restorer.plan import request
 
-DEVICES = ("auto", "cuda", "cpu")
+DEVICES = ("auto", "cuda", "cpu", "openvino", "openvino:GPU")
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tiff")
 MAX_RECENT = 10
 
@@ -112,7 +112,8 @@ class SettingsDialog(QDialog):
         self.settings = settings
         form = QFormLayout(self)
         self.device = QComboBox()
-        self.device.addItems(["Automatic (CUDA when available)", "CUDA", "CPU"])
+        self.device.addItems(["Automatic (CUDA, else OpenVINO on Intel, else CPU)", "CUDA", "CPU (ONNX Runtime)",
+                              "OpenVINO CPU", "OpenVINO GPU"])
         self.device.setCurrentIndex(DEVICES.index(settings.device))
         form.addRow("Device", self.device)
         self.tile = QSpinBox()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from restorer.io.atomic import atomic_path
-from restorer.run.onnx import create_session
+from restorer.run.onnx import run_fixed
 
 OPSET = 18
 
@@ -120,11 +120,10 @@ def write_onnx(
 
 
 def run_onnx(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """Run an exported model on the CPU provider (for parity checks)."""
-    session = create_session(path, "cpu").session
-    wanted = {i.name for i in session.get_inputs()}
-    feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items() if k in wanted}
-    return session.run(None, feeds)[0]
+    """Run an exported model on the CPU provider, its sizes fixed as the runner fixes them
+    (for parity checks)."""
+    feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
+    return run_fixed(path, feeds)[0]
 
 
 def parity(

@@ -27,9 +27,7 @@ def build_runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32",
     for candidate in dict.fromkeys((precision, "fp32")):
         path = onnx_path(spec, candidate, part)
         if path.is_file():
-            from restorer.run.onnx import OnnxRunner
-
-            runner = OnnxRunner(path, RunnerInfo(spec.id, "", ""), needs, device=device)
+            runner = onnx_runner(path, RunnerInfo(spec.id, "", ""), needs, device)
             if candidate != precision:
                 runner.info.notes.append(f"no {precision} export of '{spec.id}'; using {candidate}")
             return runner
@@ -37,9 +35,7 @@ def build_runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32",
         raise StoreError(install_hint(spec))
     if install_from_template(spec) is not None:
         # a shipped ONNX template filled with the checkpoint: runs without torch, from now on
-        from restorer.run.onnx import OnnxRunner
-
-        runner = OnnxRunner(onnx_path(spec, "fp32", part), RunnerInfo(spec.id, "", ""), needs, device=device)
+        runner = onnx_runner(onnx_path(spec, "fp32", part), RunnerInfo(spec.id, "", ""), needs, device)
         runner.info.notes.append("ONNX model made from restorer's template (no PyTorch needed)")
         if precision != "fp32":
             runner.info.notes.append(f"no {precision} export of '{spec.id}'; using fp32")
@@ -57,6 +53,29 @@ def build_runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32",
     runner = TorchRunner(module, RunnerInfo(spec.id, "", ""), needs, device=device)
     runner.info.notes.append(f"running in eager PyTorch; `restorer-cli models export {spec.id}` makes it faster")
     return runner
+
+
+def onnx_runner(path: Path, info: RunnerInfo, needs: Requirements, device: str = "auto") -> Runner:
+    """A Runner for an ONNX file on the runtime `device` names: OpenVINO, or ONNX Runtime
+    (CUDA or CPU)."""
+    from restorer.run.onnx import OnnxRunner
+    from restorer.run.openvino import GraphUnsupported, OpenVinoRunner, openvino_target
+
+    target = openvino_target(device)
+    if target is None:
+        return OnnxRunner(path, info, needs, device=device)
+    try:
+        return OpenVinoRunner(path, info, needs, target=target)
+    except GraphUnsupported as e:
+        import logging
+
+        from restorer.run.onnx import DEVICE_WARNING
+
+        note = f"OpenVINO cannot run {info.model} ({e}); running on ONNX Runtime CPU"
+        logging.getLogger("restorer").warning(note, extra={DEVICE_WARNING: True})
+        runner = OnnxRunner(path, info, needs, device="cpu")
+        runner.info.notes.append(note)
+        return runner
 
 
 def make_runnable(spec: ModelSpec, export: bool = True) -> str:

@@ -9,7 +9,12 @@ runs is read back from the session, never assumed.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import logging
+import os
+import platform
+from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +27,9 @@ log = logging.getLogger("restorer")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-DEVICES = ("auto", "cuda", "cpu")
+# `openvino[:GPU|NPU]` runs the networks with OpenVINO (restorer.run.openvino); ONNX Runtime
+# sessions (the text encoder and detector) then run on its CPU provider.
+DEVICES = ("auto", "cuda", "cpu", "openvino", "openvino:GPU", "openvino:NPU")
 # Set on the log record of a "not on the device asked for" warning: a front end shows the
 # first of a run and drops the rest (every session of a run would say the same).
 DEVICE_WARNING = "restorer_device_warning"
@@ -33,20 +40,21 @@ class RuntimeMissing(RuntimeError):
 
 
 def import_onnxruntime():
-    """onnxruntime, or a clear message about which package to install (never both)."""
+    """onnxruntime, or a clear message about which package to install (never two builds)."""
     from importlib import metadata
 
-    dists = {d for d in ("onnxruntime", "onnxruntime-gpu") if _installed(metadata, d)}
+    dists = [d for d in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino") if _installed(metadata, d)]
     if len(dists) > 1:
         raise RuntimeMissing(
-            "both onnxruntime and onnxruntime-gpu are installed and overwrite each other; "
-            "keep one: pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'restorer[gpu]' (or [cpu])"
+            f"both {' and '.join(dists)} are installed and overwrite each other; keep one: "
+            f"pip uninstall -y {' '.join(dists)} && pip install 'restorer[gpu]' (or [cpu], or [openvino])"
         )
     try:
         import onnxruntime
     except ImportError:
         raise RuntimeMissing(
-            "ONNX Runtime is not installed: pip install 'restorer[cpu]' (or 'restorer[gpu]' for CUDA)"
+            "ONNX Runtime is not installed: pip install 'restorer[cpu]' (or 'restorer[gpu]' for CUDA, "
+            "'restorer[openvino]' for Intel)"
         ) from None
     return onnxruntime
 
@@ -63,7 +71,7 @@ def provider_list(device: str, available: list[str]) -> tuple[list[str], str | N
     """Providers to ask for, and why CUDA is left out when it was asked for."""
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-    if device == "cpu":
+    if device == "cpu" or device.startswith("openvino"):
         return [CPU], None
     if CUDA in available:
         return [CUDA, CPU], None
@@ -77,20 +85,77 @@ class Session(NamedTuple):
     note: str | None  # why CUDA was asked for and not used
 
 
-def create_session(path: str | Path, device: str = "auto") -> Session:
-    """An InferenceSession on the best provider for `device`."""
-    ort = import_onnxruntime()
-    providers, reason = provider_list(device, ort.get_available_providers())
+def physical_cores() -> int:
+    """The physical cores this process may run on: the thread count for every runtime.
+    A second thread on a hyperthread sibling shares the core's vector units and makes
+    convolution networks slower, not faster."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def _options(ort, shapes: dict[str, int] | None, optimize: bool):
     options = ort.SessionOptions()
     options.log_severity_level = 4  # our own one-line warning replaces ORT's CUDA noise
+    options.intra_op_num_threads = physical_cores()
+    options.inter_op_num_threads = 1
+    # A planned memory pattern only helps a graph whose shapes do not change between runs.
+    options.enable_mem_pattern = bool(shapes)
+    for name, size in (shapes or {}).items():
+        options.add_free_dimension_override_by_name(name, size)
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
+def create_session(path: str | Path, device: str = "auto", *, shapes: dict[str, int] | None = None,
+                   optimized: Path | None = None, optimize: bool = True) -> Session:
+    """An InferenceSession on the best provider for `device`.
+
+    `shapes` fixes the graph's symbolic dimensions (name -> size): with every shape known,
+    ONNX Runtime folds the shape arithmetic away and plans memory once. `optimized` is where
+    the CPU session's optimised graph is kept: read back (no optimisation at start-up) when
+    it is there, else written once this session has optimised it. Without `optimize` the
+    session only tells the graph's inputs and the provider (cheap: no graph optimisation)."""
+    ort = import_onnxruntime()
+    providers, reason = provider_list(device, ort.get_available_providers())
+    if optimized is not None and providers == [CPU] and optimize:
+        if optimized.is_file():
+            try:
+                session = ort.InferenceSession(str(optimized), _options(ort, shapes, False), providers=[CPU])
+                optimized.touch()  # recently used: kept by the pruning
+                return Session(session, CPU, None)
+            except Exception:  # damaged, or written by another build: optimise again
+                optimized.unlink(missing_ok=True)
+        scratch = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
+    else:
+        scratch = None
+    options = _options(ort, shapes, optimize)
+    if scratch is not None:
+        options.optimized_model_filepath = str(scratch)
     note = None
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as e:  # a CUDA session that fails to create: retry on the CPU
-        if providers[0] != CUDA:
-            raise
-        reason = f"CUDA session failed: {str(e).splitlines()[0]}"
-        session = ort.InferenceSession(str(path), options, providers=[CPU])
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # a CUDA session that fails to create: retry on the CPU
+            if providers[0] != CUDA:
+                raise
+            reason = f"CUDA session failed: {str(e).splitlines()[0]}"
+            session = ort.InferenceSession(str(path), options, providers=[CPU])
+        if scratch is not None and scratch.is_file():
+            os.replace(scratch, optimized)  # whole or not at all: a later start reads it as is
+            _prune_optimized(optimized)
+    finally:
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
     actual = session.get_providers()[0]
     if device in ("auto", "cuda") and actual != CUDA and (device == "cuda" or CUDA in providers):
         reason = reason or "the CUDA provider could not start (no GPU or CUDA libraries found)"
@@ -107,11 +172,22 @@ def is_oom(error: Exception) -> bool:
 
 
 class OnnxRunner(NetworkRunner):
-    """Runs an exported .onnx model; the image input is the session's first input."""
+    """Runs an exported .onnx model; the image input is the session's first input.
+
+    A graph with symbolic sizes gets one session per input shape, with every size fixed
+    (the tiling engine feeds one tile shape, so this is one session per image in practice):
+    fixed shapes let ONNX Runtime fold the shape arithmetic and plan memory once. Each
+    session's optimised graph is kept beside the model (CPU only: CUDA's depends on the
+    card), so a later start skips the optimisation."""
+
+    KEPT_SHAPES = 2  # sessions kept for recent input shapes (the tile, and an image smaller than it)
 
     def __init__(self, path: str | Path, info: RunnerInfo, needs: Requirements, *, device: str = "auto",
                  fixed_inputs: dict[str, np.ndarray] | None = None):
-        session, provider, note = create_session(path, device)
+        self.path = Path(path)
+        # a first look at the graph (its inputs, the provider that runs); sessions that run come later
+        session, provider, note = create_session(path, device, optimize=False)
+        self.device = "cpu" if provider == CPU else device  # said once, here, when CUDA is not there
         info.backend, info.provider = "onnx", provider
         if note:
             info.notes.append(note)
@@ -121,24 +197,116 @@ class OnnxRunner(NetworkRunner):
             needs = needs.with_(fixed_tile=shape[2])
             info.notes.append(f"exported at a fixed {shape[2]}x{shape[3]} tile")
         super().__init__(info, needs, fixed_inputs)
-        self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
+        self._symbols = [list(i.shape) for i in session.get_inputs()]
+        del session
+        self._sessions: OrderedDict[tuple, object] = OrderedDict()  # input shapes -> session
+
+    def _session_for(self, feeds: dict[str, np.ndarray]):
+        sizes = fixed_sizes(dict(zip(self.input_names, self._symbols)), feeds)
+        key = tuple(sorted(sizes.items()))
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+            return self._sessions[key]
+        while len(self._sessions) >= self.KEPT_SHAPES:
+            self._sessions.popitem(last=False)  # release before building: one set of weights in memory
+        session = create_session(self.path, self.device, shapes=sizes,
+                                 optimized=optimized_path(self.path, sizes)).session
+        self._sessions[key] = session
+        return session
 
     def forward(self, batch: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feeds = {self.input_names[0]: batch}
-        for name in self.input_names[1:]:
-            if name not in inputs:
-                raise ValueError(f"{self.info.model}: missing network input {name!r}")
-            value = np.asarray(inputs[name], dtype=np.float32)
-            if value.shape[0] != batch.shape[0] and value.shape[0] == 1:
-                value = np.repeat(value, batch.shape[0], axis=0)
-            feeds[name] = value
+        feeds = network_feeds(self.info.model, self.input_names, batch, inputs)
         try:
-            return self.session.run(None, feeds)[0]
+            return self._session_for(feeds).run(None, feeds)[0]
         except Exception as e:
             if is_oom(e):
                 raise OutOfMemory(str(e).splitlines()[0]) from e
             raise
 
     def close(self) -> None:
-        self.session = None  # ONNX Runtime frees the session's memory with the last reference
+        self._sessions.clear()  # ONNX Runtime frees a session's memory with its last reference
+
+
+def fixed_sizes(symbols: dict[str, list], feeds: dict[str, np.ndarray]) -> dict[str, int]:
+    """Each symbolic dimension of the graph's inputs (input name -> dims) at its size in
+    `feeds`; {} when one symbol has two sizes (the call then runs on the dynamic graph)."""
+    sizes: dict[str, int] = {}
+    for name, dims in symbols.items():
+        for dim, size in zip(dims, feeds[name].shape if name in feeds else ()):
+            if isinstance(dim, str) and sizes.setdefault(dim, size) != size:
+                return {}
+    return sizes
+
+
+def run_fixed(path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a graph once on the CPU with its sizes fixed to the feeds', as OnnxRunner runs it
+    (for parity checks: what is checked is what runs). Feeds the graph does not take are
+    left out."""
+    probe = create_session(path, "cpu", optimize=False).session
+    symbols = {i.name: list(i.shape) for i in probe.get_inputs()}
+    del probe
+    feeds = {k: v for k, v in feeds.items() if k in symbols}
+    return create_session(path, "cpu", shapes=fixed_sizes(symbols, feeds)).session.run(None, feeds)
+
+
+def network_feeds(model: str, names: list[str], batch: np.ndarray, inputs: dict[str, np.ndarray]) -> dict:
+    """The graph's inputs by name: the image batch first, then each extra input, a
+    one-row input repeated to the batch."""
+    feeds = {names[0]: batch}
+    for name in names[1:]:
+        if name not in inputs:
+            raise ValueError(f"{model}: missing network input {name!r}")
+        value = np.asarray(inputs[name], dtype=np.float32)
+        if value.shape[0] != batch.shape[0] and value.shape[0] == 1:
+            value = np.repeat(value, batch.shape[0], axis=0)
+        feeds[name] = value
+    return feeds
+
+
+def optimized_path(model: Path, sizes: dict[str, int]) -> Path | None:
+    """Where the optimised graph of `model` at `sizes` is kept: beside the model, named by
+    everything the optimisation depends on (the model file, the sizes, the ONNX Runtime
+    version, the processor's instruction sets). None where the folder is not writable."""
+    folder = model.parent / ".optimized"
+    try:
+        stat = model.stat()
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(folder, os.W_OK):
+        return None
+    ort = import_onnxruntime()
+    facts = [model.name, str(stat.st_size), str(stat.st_mtime_ns), repr(sorted(sizes.items())),
+             ort.__version__, platform.machine(), _cpu_flags()]
+    digest = hashlib.sha1("\n".join(facts).encode()).hexdigest()[:16]
+    return folder / f"{model.stem}.{digest}.onnx"
+
+
+KEPT_OPTIMIZED = 2  # optimised graphs kept per model (the tile shapes in use): they can be large
+
+
+def _prune_optimized(newest: Path) -> None:
+    """Keep the newest KEPT_OPTIMIZED optimised graphs of a model: a batch of images of many
+    small sizes must not fill the disk with one graph per size."""
+    model = newest.name.rsplit(".", 2)[0]
+    graphs = sorted(newest.parent.glob(f"{glob.escape(model)}.*.onnx"), key=_mtime, reverse=True)
+    for old in [g for g in graphs if g.name.rsplit(".", 2)[0] == model][KEPT_OPTIMIZED:]:
+        old.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()

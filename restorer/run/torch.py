@@ -20,7 +20,7 @@ log = logging.getLogger("restorer")
 
 def torch_device(device: str = "auto") -> tuple[torch.device, str | None]:
     """The torch device for `device` (auto|cuda|cpu), and a note when CUDA was asked for but absent."""
-    if device == "cpu":
+    if device not in ("auto", "cuda"):  # cpu, or OpenVINO (which runs ONNX models only)
         return torch.device("cpu"), None
     if torch.cuda.is_available():
         return torch.device("cuda"), None
