@@ -39,32 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LAYER_NORM_EPS = 1e-6
-
-
-class LayerNorm2d(nn.Module):
-    """Per-pixel LayerNorm over channels of an NCHW tensor (plain ops: exports as-is)."""
-
-    def __init__(self, channels: int, eps: float = LAYER_NORM_EPS):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mu = x.mean(1, keepdim=True)
-        var = (x - mu).pow(2).mean(1, keepdim=True)
-        y = (x - mu) / torch.sqrt(var + self.eps)
-        return self.weight.view(1, -1, 1, 1) * y + self.bias.view(1, -1, 1, 1)
-
-
-def simple_gate(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=1)
-    return a * b
-
-
-def _tracing() -> bool:
-    return torch.compiler.is_exporting() or torch.compiler.is_compiling()
+from restorer.archs.layers import LayerNorm2d, channel_halves, exporting, simple_gate
 
 
 class GlobalPool(nn.Module):
@@ -93,7 +68,7 @@ class LocalPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if not _tracing() and self.kernel[0] >= h and self.kernel[1] >= w:
+        if not exporting() and self.kernel[0] >= h and self.kernel[1] >= w:
             # the official fallback; exact mean rather than an integral-image difference
             return x.mean(dim=(2, 3), keepdim=True)
         k1 = torch.sym_min(h, self.kernel[0])
@@ -166,7 +141,7 @@ class CascadedGazeBlock(nn.Module):
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         size = inp.shape[-2:]
         x = F.gelu(self.conv2(self.conv1(self.norm1(inp))))
-        first, second = x.chunk(2, dim=1)
+        first, second = channel_halves(x)
         stages = self.GCE(first + second)
         x = torch.cat([x] + [F.interpolate(s, size=size, mode="nearest") for s in stages], dim=1)
         x = self.project_out(self.sca(x) * x)

@@ -25,23 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from restorer.archs.layers import LayerNorm2d, simple_gate
 from restorer.pipelines.text_encoder import DEGRADATION_CLASSES  # noqa: F401  (re-exported; defined torch-free)
-
-
-class LayerNorm2d(nn.Module):
-    """Layer norm over the channel axis of NCHW (biased variance, NAFNet's eps 1e-6)."""
-
-    def __init__(self, channels: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        y = (x - mean) / (var + self.eps).sqrt()
-        return self.weight.view(1, -1, 1, 1) * y + self.bias.view(1, -1, 1, 1)
 
 
 class NAFBlock(nn.Module):
@@ -63,16 +48,11 @@ class NAFBlock(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
-    @staticmethod
-    def _gate(x: torch.Tensor) -> torch.Tensor:
-        first, second = x.chunk(2, dim=1)
-        return first * second
-
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        x = self._gate(self.conv2(self.conv1(self.norm1(inp))))
+        x = simple_gate(self.conv2(self.conv1(self.norm1(inp))))
         x = self.conv3(x * self.sca(x))
         y = inp + x * self.beta
-        x = self.conv5(self._gate(self.conv4(self.norm2(y))))
+        x = self.conv5(simple_gate(self.conv4(self.norm2(y))))
         return y + x * self.gamma
 
 
