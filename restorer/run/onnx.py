@@ -107,8 +107,11 @@ def _options(ort, shapes: dict[str, int] | None, optimize: bool):
     options.log_severity_level = 4  # our own one-line warning replaces ORT's CUDA noise
     options.intra_op_num_threads = physical_cores()
     options.inter_op_num_threads = 1
-    # A planned memory pattern only helps a graph whose shapes do not change between runs.
-    options.enable_mem_pattern = bool(shapes)
+    # Memory: no planned pattern and no arena. The pattern preallocates every buffer of a run
+    # at once, and the arena keeps what it grew to (in powers of two) for the session's life;
+    # without them a HAT-S tile peaks 40% lower, for 1-2% of speed.
+    options.enable_mem_pattern = False
+    options.enable_cpu_mem_arena = False
     for name, size in (shapes or {}).items():
         options.add_free_dimension_override_by_name(name, size)
     if not optimize:
