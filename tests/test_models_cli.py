@@ -135,7 +135,16 @@ def test_add_info_verify_remove(tmp_path, capsys):
     info = json.loads(out)
     assert info["installed"] and info["state"] == "installed" and info["files"][0]["name"] == "tiny-hat.safetensors"
     assert run(capsys, "models", "verify")[1].strip() == "tiny-hat: ok"
+    # an export and the optimised graph a runner kept beside it go with the model
+    from restorer.run.onnx import optimized_path
+
+    export = layout.onnx_path(store_spec("tiny-hat"))
+    export.parent.mkdir(parents=True, exist_ok=True)
+    export.write_bytes(b"graph")
+    kept = optimized_path(export, {"s0": 64})
+    kept.write_bytes(b"optimised graph")
     assert run(capsys, "models", "remove", "tiny-hat")[0] == 0
+    assert not export.exists() and not kept.exists()
     code, _, err = run(capsys, "models", "remove", "tiny-hat")
     assert code == 2 and err.strip() == "restorer-cli: model 'tiny-hat' is not installed"
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -226,7 +227,9 @@ def remove(spec: ModelSpec) -> list[Path]:
     for precision in ("fp32", "fp16"):
         for part in [None, *exported_parts(spec, precision)]:
             path = onnx_path(spec, precision, part)
-            for p in (path, path.with_suffix(".json")):
+            # the export, its record, and the optimised graphs runners kept beside it
+            kept = sorted(path.parent.glob(f".optimized/{glob.escape(path.stem)}.*"))
+            for p in (path, path.with_suffix(".json"), *kept):
                 if p.exists():
                     p.unlink()
                     removed.append(p)
