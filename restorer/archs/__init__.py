@@ -54,11 +54,15 @@ _MIRNET = {"min_size": 4}
 # models/catalog.toml, nothing else. Torch is not imported here: the engine reads the needs
 # of a network that runs on ONNX Runtime without it.
 ARCHS: dict[str, Arch] = {
-    "HAT": Arch("restorer.archs.hat:HAT"),
+    # Activation memory per input pixel, from which the engine sizes tiles to free memory
+    # (ONNX Runtime, measured at 48- and 96-px tiles, x4): HAT-S and HAT-L 72 KB, MambaIRv2-Large
+    # 230-260 KB, MambaIRv2-Light 26 KB, MambaIR under 5 KB; with a third to spare. At the
+    # default 40 KB a 24 MP photo through HAT got a 512-px tile and was killed for memory.
+    "HAT": Arch("restorer.archs.hat:HAT", {"bytes_per_pixel": 100_000}),
     "MambaIR": Arch("restorer.archs.mambair:MambaIR"),
     # three PixelUnshuffle(2) steps: 8 px leaves 1 px at the bottom level
     "MambaIRUNet": Arch("restorer.archs.mambair:MambaIRUNet", {"min_size": 8}),
-    "MambaIRv2": Arch("restorer.archs.mambairv2:MambaIRv2"),
+    "MambaIRv2": Arch("restorer.archs.mambairv2:MambaIRv2", {"bytes_per_pixel": 300_000}),
     "MambaIRv2Light": Arch("restorer.archs.mambairv2:MambaIRv2Light"),
     "CascadedGaze": Arch("restorer.archs.cgnet:CascadedGaze", _CGNET),
     "GCENetMHLocal": Arch("restorer.archs.cgnet:GCENetMHLocal", _CGNET),
