@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import platform
-from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -177,19 +176,19 @@ def is_oom(error: Exception) -> bool:
 class OnnxRunner(NetworkRunner):
     """Runs an exported .onnx model; the image input is the session's first input.
 
-    A graph with symbolic sizes gets one session per input shape, with every size fixed
-    (the tiling engine feeds one tile shape, so this is one session per image in practice):
-    fixed shapes let ONNX Runtime fold the shape arithmetic and plan memory once. Each
-    session's optimised graph is kept beside the model (CPU only: CUDA's depends on the
+    A graph with symbolic sizes runs a shape's first call on the dynamic graph, and from the
+    shape's second call on (the tiles of an image, a folder of same-size photos) on a session
+    with every size fixed: fixed shapes let ONNX Runtime fold the shape arithmetic. A batch of
+    photos of many sizes thus builds one session, not one per photo. At most one fixed-size
+    session is kept, and the dynamic one is released while it is there (one copy of the
+    weights in memory; it is rebuilt from its kept optimised graph when a new shape comes).
+    Each session's optimised graph is kept beside the model (CPU only: CUDA's depends on the
     card), so a later start skips the optimisation."""
-
-    KEPT_SHAPES = 2  # sessions kept for recent input shapes (the tile, and an image smaller than it)
 
     def __init__(self, path: str | Path, info: RunnerInfo, needs: Requirements, *, device: str = "auto",
                  fixed_inputs: dict[str, np.ndarray] | None = None):
         self.path = Path(path)
-        # a first look at the graph (its inputs, the provider that runs); sessions that run come later
-        session, provider, note = create_session(path, device, optimize=False)
+        session, provider, note = create_session(path, device, optimized=optimized_path(self.path, {}))
         self.device = "cpu" if provider == CPU else device  # said once, here, when CUDA is not there
         info.backend, info.provider = "onnx", provider
         if note:
@@ -201,21 +200,25 @@ class OnnxRunner(NetworkRunner):
             info.notes.append(f"exported at a fixed {shape[2]}x{shape[3]} tile")
         super().__init__(info, needs, fixed_inputs)
         self.input_names = [i.name for i in session.get_inputs()]
-        self._symbols = [list(i.shape) for i in session.get_inputs()]
-        del session
-        self._sessions: OrderedDict[tuple, object] = OrderedDict()  # input shapes -> session
+        self._symbols = dict(zip(self.input_names, (list(i.shape) for i in session.get_inputs())))
+        self._dynamic = session
+        self._fixed: tuple[tuple, object] | None = None  # (sizes, session)
+        self._seen: set[tuple] = set()  # sizes run once on the dynamic graph
 
     def _session_for(self, feeds: dict[str, np.ndarray]):
-        sizes = fixed_sizes(dict(zip(self.input_names, self._symbols)), feeds)
+        sizes = fixed_sizes(self._symbols, feeds)
         key = tuple(sorted(sizes.items()))
-        if key in self._sessions:
-            self._sessions.move_to_end(key)
-            return self._sessions[key]
-        while len(self._sessions) >= self.KEPT_SHAPES:
-            self._sessions.popitem(last=False)  # release before building: one set of weights in memory
-        session = create_session(self.path, self.device, shapes=sizes,
-                                 optimized=optimized_path(self.path, sizes)).session
-        self._sessions[key] = session
+        if self._fixed is not None and self._fixed[0] == key:
+            return self._fixed[1]
+        if not sizes or key not in self._seen:
+            self._seen.add(key)
+            if self._dynamic is None:
+                self._dynamic = create_session(self.path, self.device, optimized=optimized_path(self.path, {})).session
+            return self._dynamic
+        # the shape's second call: release what is not needed before building (one set of weights)
+        self._fixed = self._dynamic = None
+        session = create_session(self.path, self.device, shapes=sizes, optimized=optimized_path(self.path, sizes)).session
+        self._fixed = (key, session)
         return session
 
     def forward(self, batch: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -228,7 +231,7 @@ class OnnxRunner(NetworkRunner):
             raise
 
     def close(self) -> None:
-        self._sessions.clear()  # ONNX Runtime frees a session's memory with its last reference
+        self._fixed = self._dynamic = None  # ONNX Runtime frees a session's memory with its last reference
 
 
 def fixed_sizes(symbols: dict[str, list], feeds: dict[str, np.ndarray]) -> dict[str, int]:
