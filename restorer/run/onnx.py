@@ -129,41 +129,54 @@ def create_session(path: str | Path, device: str = "auto", *, shapes: dict[str, 
     session only tells the graph's inputs and the provider (cheap: no graph optimisation)."""
     ort = import_onnxruntime()
     providers, reason = provider_list(device, ort.get_available_providers())
-    if optimized is not None and providers == [CPU] and optimize:
-        if optimized.is_file():
-            try:
-                session = ort.InferenceSession(str(optimized), _options(ort, shapes, False), providers=[CPU])
-                optimized.touch()  # recently used: kept by the pruning
-                return Session(session, CPU, None)
-            except Exception:  # damaged, or written by another build: optimise again
-                optimized.unlink(missing_ok=True)
-        scratch = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
-    else:
-        scratch = None
-    options = _options(ort, shapes, optimize)
-    if scratch is not None:
-        options.optimized_model_filepath = str(scratch)
+    keep = optimized is not None and providers == [CPU] and optimize
+    session = _read_optimized(ort, optimized, shapes) if keep else None
+    if session is None:
+        session, reason = _optimize(ort, path, providers, reason, _options(ort, shapes, optimize),
+                                    optimized if keep else None)
     note = None
-    try:
-        try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # a CUDA session that fails to create: retry on the CPU
-            if providers[0] != CUDA:
-                raise
-            reason = f"CUDA session failed: {str(e).splitlines()[0]}"
-            session = ort.InferenceSession(str(path), options, providers=[CPU])
-        if scratch is not None and scratch.is_file():
-            os.replace(scratch, optimized)  # whole or not at all: a later start reads it as is
-            _prune_optimized(optimized)
-    finally:
-        if scratch is not None:
-            scratch.unlink(missing_ok=True)
     actual = session.get_providers()[0]
     if device in ("auto", "cuda") and actual != CUDA and (device == "cuda" or CUDA in providers):
         reason = reason or "the CUDA provider could not start (no GPU or CUDA libraries found)"
         note = f"CUDA unavailable: {reason}; running on CPU"
         log.warning(note, extra={DEVICE_WARNING: True})
     return Session(session, actual, note)
+
+
+def _read_optimized(ort, optimized: Path, shapes: dict[str, int] | None):
+    """A CPU session on the kept optimised graph, or None (not there, damaged, another build)."""
+    if not optimized.is_file():
+        return None
+    try:
+        session = ort.InferenceSession(str(optimized), _options(ort, shapes, False), providers=[CPU])
+    except Exception:  # damaged, or written by another build: optimise again
+        optimized.unlink(missing_ok=True)
+        return None
+    optimized.touch()  # recently used: kept by the pruning
+    return session
+
+
+def _optimize(ort, path, providers: list[str], reason: str | None, options, keep: Path | None):
+    """A session optimised at load (a CUDA one that fails to start is retried on the CPU), its
+    optimised graph written to `keep` whole or not at all; and why CUDA is not used."""
+    scratch = keep.with_name(f".{keep.name}.{os.getpid()}.tmp") if keep is not None else None
+    if scratch is not None:
+        options.optimized_model_filepath = str(scratch)
+    try:
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:
+            if providers[0] != CUDA:
+                raise
+            reason = f"CUDA session failed: {str(e).splitlines()[0]}"
+            session = ort.InferenceSession(str(path), options, providers=[CPU])
+        if scratch is not None and scratch.is_file():
+            os.replace(scratch, keep)  # a later start reads it as is
+            _prune_optimized(keep)
+    finally:
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
+    return session, reason
 
 
 def is_oom(error: Exception) -> bool:
