@@ -259,14 +259,16 @@ def session_threads(runner) -> int | None:
 
 
 def worker_first(spec, work: Path, device: str) -> dict:
-    """A user's first restore with the model: the runner is built and runs the tile twice
-    (the dynamic graph, then the graph fixed to the tile), optimising and keeping both."""
+    """A user's first restore with the model: the runner is built and runs two tiles of an
+    image, announced as the tiling engine does, so both run on the graph fixed to the tile
+    (optimised, and kept, at the first)."""
     from restorer.archs.requirements import Requirements
 
     start = time.perf_counter()
     runner = make_runner(spec, work / "model.onnx", device, Requirements())
     names, arrays = load_inputs(work)
-    for _ in range(2):  # a tile shape's second run builds (and keeps) its fixed-size graph
+    runner.expect_repeats(arrays[names[0]].shape)
+    for _ in range(2):
         runner.forward(arrays[names[0]], {k: arrays[k] for k in names[1:]})
     return {"first_use_s": round(time.perf_counter() - start, 2)}
 
@@ -279,6 +281,7 @@ def worker_onnx(spec, work: Path, device: str, max_runs: int) -> dict:
     setup = time.perf_counter() - start
     names, arrays = load_inputs(work)
     image, extra = arrays[names[0]], {k: arrays[k] for k in names[1:]}
+    runner.expect_repeats(image.shape)  # the tiles of an image, as the tiling engine announces them
     seconds, times, spread, out, util = time_runs(lambda: runner.forward(image, extra), max_runs)
     result = {"seconds_per_tile": seconds, "times": times, "spread": spread, "setup_s": setup, "cpu_util": util,
               "ran_on": runtime_name(runner.info.provider), "runtime_provider": runner.info.provider,

@@ -68,12 +68,14 @@ def load(model: TinyModel, base: Path):
 
 
 def make_runner(model: TinyModel, net, scale: int, overlap: int):
+    from restorer.archs import ARCHS
     from restorer.archs.requirements import Requirements
     from restorer.run.runner import RunnerInfo
     from restorer.run.torch import TorchRunner
 
-    needs = Requirements(scale=scale, pad_multiple=model.pad_multiple, overlap=overlap,
-                         tile_multiple=model.tile_multiple, min_size=model.min_size)
+    family = {k: v for k, v in ARCHS[model.arch].needs.items() if k != "bytes_per_pixel"}
+    needs = Requirements(**{**family, "scale": scale, "pad_multiple": model.pad_multiple, "overlap": overlap,
+                            "tile_multiple": model.tile_multiple, "min_size": model.min_size})
     return TorchRunner(net, RunnerInfo(f"tiny:{model.key}", "", ""), needs, device="cpu")
 
 
@@ -122,15 +124,17 @@ def blend_zones(length: int, tile: int, overlap: int, scale: int) -> np.ndarray:
     return mask
 
 
-def compare(whole: np.ndarray, tiled: np.ndarray, tile: int, overlap: int, scale: int) -> dict:
-    """The measures of the module docstring, for HxWxC outputs."""
+def compare(whole: np.ndarray, tiled: np.ndarray, tile: int | tuple[int, int], overlap: int, scale: int) -> dict:
+    """The measures of the module docstring, for HxWxC outputs; `tile` is a side or the
+    (height, width) of the tiles the engine used."""
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
     span = float(whole.max() - whole.min())
     diff = tiled - whole
     d = diff.mean(axis=2)
     h, w = d.shape[0] // scale, d.shape[1] // scale
     gx, gy = np.abs(np.diff(d, axis=1)), np.abs(np.diff(d, axis=0))
-    zx = np.broadcast_to(blend_zones(w, tile, overlap, scale)[None, :], gx.shape)
-    zy = np.broadcast_to(blend_zones(h, tile, overlap, scale)[:, None], gy.shape)
+    zx = np.broadcast_to(blend_zones(w, tw, overlap, scale)[None, :], gx.shape)
+    zy = np.broadcast_to(blend_zones(h, th, overlap, scale)[:, None], gy.shape)
     at = np.concatenate([gx[zx], gy[zy]])
     off = np.concatenate([gx[~zx], gy[~zy]])
     at_mean = float(at.mean()) if at.size else 0.0
@@ -154,7 +158,7 @@ def study(model: TinyModel, net, scale: int, image: np.ndarray, overlap: int) ->
     whole = run_runner(runner, image)
     recorder = TileRecorder(runner)
     tiled = run_tiled(image, recorder, tile=model.tile, overlap=overlap)
-    used = max(max(s) for s in recorder.shapes)
+    used = tuple(max(s[i] for s in recorder.shapes) for i in (0, 1))  # (height, width): fitted per axis
     result = compare(whole, tiled, used, overlap, scale)
     result.update(tile=used, tiles=len(recorder.shapes))
     return result

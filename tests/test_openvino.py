@@ -160,3 +160,33 @@ def test_a_shape_seen_twice_gets_a_fixed_size_session_kept_on_disk(tiny, tmp_pat
     for x in (tile, tile, other):
         assert np.abs(again.forward(x, {}) - want[x.shape]).max() <= 1e-5
     assert all(p.read_bytes()[:11] != b"not a graph" for p in (tmp_path / ".optimized").glob("*.onnx"))
+
+
+def test_the_tiles_of_an_image_run_on_the_fixed_size_session_from_the_first(tiny, tmp_path):
+    """The tiling engine announces that its tiles repeat one shape, so not even the first tile
+    runs on the dynamic graph (whose memory arena costs HAT-S 150 MB more at its peak)."""
+    import shutil
+
+    from restorer.run.tiles import run_tiled
+
+    model = tmp_path / "tiny.fp32.onnx"
+    shutil.copy(tiny, model)
+    runner = OnnxRunner(model, RunnerInfo("t", "", ""), Requirements(scale=2, overlap=4), device="cpu")
+    ran_on = []
+    real = runner._session_for
+
+    def spy(feeds):
+        session = real(feeds)
+        ran_on.append("fixed" if runner._fixed is not None and session is runner._fixed[1] else "dynamic")
+        return session
+
+    runner._session_for = spy
+    image = np.random.default_rng(2).random((70, 90, 3), dtype=np.float32)
+    with torch.no_grad():
+        want = Tiny()(torch.from_numpy(image.transpose(2, 0, 1)[None].copy())).numpy()[0].transpose(1, 2, 0)
+    out = run_tiled(image, runner, tile=32)
+    assert len(ran_on) > 4 and set(ran_on) == {"fixed"}
+    assert np.abs(out - want).max() <= 1e-4
+    ran_on.clear()
+    run_tiled(image[:20, :20], runner, tile=32)  # one tile: a shape that may never come again
+    assert ran_on == ["dynamic"]

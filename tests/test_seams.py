@@ -164,7 +164,9 @@ def test_out_of_memory_halves_to_a_tile_multiple():
 
     runner = Identity()
     image = np.random.default_rng(0).random((200, 200, 3), dtype=np.float32)
-    out = run_tiled(image, runner, tile=150)  # up to 160; out of memory: 80; again: 40 -> 32
+    # up to 160, fitted to the image: 2 tiles of 112; out of memory: 80 (3 tiles of 80);
+    # again: 40 -> 32 (the multiple's floor, above min_size)
+    out = run_tiled(image, runner, tile=150)
     assert np.allclose(out, image, atol=1e-6)
-    assert {s[0] for s in runner.shapes} == {160, 80, 32}
+    assert {s[0] for s in runner.shapes} == {112, 80, 32}
     assert all(h % 16 == 0 and w % 16 == 0 for h, w in runner.shapes)

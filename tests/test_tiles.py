@@ -8,7 +8,7 @@ import pytest
 
 from restorer.archs.requirements import Requirements
 from restorer.run.runner import OutOfMemory, Runner, RunnerInfo
-from restorer.run.tiles import Cancelled, plan_rows, run_runner, run_tiled
+from restorer.run.tiles import Cancelled, axis_starts, fit_tile, plan_rows, run_runner, run_tiled
 
 
 class SmallNet:
@@ -100,6 +100,49 @@ def test_plan_covers_image_with_overlap():
             assert t.y1 - t.y0 <= 40 and t.x1 - t.x0 <= 40
             covered[t.y0:t.y1, t.x0:t.x1] = True
     assert covered.all()
+
+
+@pytest.mark.parametrize("length", [257, 700, 1000, 3000, 4000])
+@pytest.mark.parametrize("tile,overlap,multiple", [(512, 8, 1), (256, 16, 16), (96, 4, 4)])
+def test_a_fitted_tile_covers_the_axis_with_as_many_tiles_and_is_the_smallest(length, tile, overlap, multiple):
+    fitted = fit_tile(length, tile, overlap, overlap, multiple)
+    starts = axis_starts(length, fitted, overlap, overlap)
+    assert fitted <= tile and fitted % multiple == 0
+    assert len(starts) <= len(axis_starts(length, tile, overlap, overlap))
+    assert starts[-1] + min(fitted, length) == length  # the last tile ends at the edge, none overhangs it
+    if length > tile and fitted - multiple > 4 * overlap:  # one multiple less needs another tile
+        assert len(axis_starts(length, fitted - multiple, overlap, overlap)) > len(starts)
+
+
+class Shapes:
+    """Wraps a runner; remembers each tile's shape."""
+
+    def __init__(self, runner):
+        self.inner, self.shapes = runner, []
+        self.info, self.needs = runner.info, runner.needs
+
+    def __call__(self, batch, **extra):
+        self.shapes.append(batch.shape[2:])
+        return self.inner(batch, **extra)
+
+    def close(self):
+        pass
+
+
+def test_tiles_are_fitted_to_the_image_unless_the_network_sees_the_whole_tile():
+    img = np.random.default_rng(5).random((300, 400, 3), dtype=np.float32)
+    local = Shapes(small_runner(2))
+    whole = run_runner(local.inner, img)
+    out = run_tiled(img, local, tile=128)
+    assert np.abs(out - whole).max() < 1e-5
+    fitted_area = sum(h * w for h, w in local.shapes)
+    (th, tw), = set(local.shapes)  # one shape for every tile (fixed-size sessions need that)
+    assert th < 128 and tw < 128 and fitted_area < 0.85 * len(local.shapes) * 128 * 128
+
+    pooled = Shapes(small_runner(2))
+    pooled.needs = pooled.needs.with_(whole_tile_statistics=True)
+    run_tiled(img, pooled, tile=128)
+    assert set(pooled.shapes) == {(128, 128)}
 
 
 class OomOnce:

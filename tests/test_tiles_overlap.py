@@ -25,13 +25,15 @@ from restorer.run.tiles import (
     plan_rows,
     reflect_pad_to,
     run_tiled,
+    tile_sides,
     tile_window,
 )
 from tests.test_tiles import SmallNet
 
 # ---------------------------------------------------------------------------------------
 # The engine as it was before the pipelining (one image-sized accumulator, HWC math per
-# tile, everything on the calling thread), verbatim but for names.
+# tile, everything on the calling thread), verbatim but for names and the tiles' sides
+# (fitted to the image since, by the engine's own tile_sides).
 
 
 def reference_run_runner(runner, patch, extra=None):
@@ -68,12 +70,14 @@ def reference_run_tiled(pixels, runner, *, tile=None, overlap=None, extra=None, 
     if tile_multiple > multiple:
         tile = -(-tile // tile_multiple) * tile_multiple
     ramp = max(overlap, 1)
+    floor = max(min_tile, 4 * overlap + 1, tile_multiple)
+    fit = not (needs.fixed_tile or needs.whole_tile_statistics)
     out_c = None
     acc = weights = None
     y_from = 0
     done = 0
     while True:
-        rows = plan_rows(h, w, tile, overlap, ramp, y_from)
+        rows = plan_rows(h, w, tile_sides(h, w, tile, overlap, ramp, tile_multiple, floor, fit), overlap, ramp, y_from)
         total = done + sum(len(r) for r in rows)
         try:
             for row in rows:
@@ -108,7 +112,7 @@ def reference_run_tiled(pixels, runner, *, tile=None, overlap=None, extra=None, 
         except OutOfMemory as e:
             y_from, done = row[0].y0, done_before_row
             half = tile // 2 - (tile // 2) % tile_multiple
-            if half < max(min_tile, 4 * overlap + 1, tile_multiple):
+            if half < floor:
                 raise OutOfMemory(f"out of memory even at a {tile}px tile ({e})") from e
             tile = half
             if on_retry:

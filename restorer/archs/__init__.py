@@ -39,16 +39,24 @@ class Arch:
 # pad_multiple (= window_size) already gives it. MambaIR (v1) has only stride-1 convs and
 # scans: 1 px works. InstructIR zero-pads to 16 inside its forward: any size works.
 #
+# Whole-tile statistics (tiles kept as large as allowed rather than fitted to the image):
+# CGNet's global or local-window pools (a tile below a local window falls back to the global
+# mean: 136 8-bit steps in tests/test_seams.py), MIRNet's and InstructIR's channel
+# attention, the Mamba scans across the tile. HAT's channel attention averages the tile too,
+# but next to its windowed attention a 10 % smaller tile stays within its seam bound, and HAT
+# is the family where the recomputed overhang costs most.
+_WHOLE_TILE = {"whole_tile_statistics": True}
+
 # CGNet zero-pads to 16 inside its forward, which must never happen inside the image, and the
 # GCE cascade of every encoder block is unpadded: at levels 0-1 (GCE_CONVS 3 or 4: kernels
 # 3, 3, 5, strides 2, 3, 4) a map needs >= 31 px, i.e. >= 62 px of input at level 1; levels
 # 2-3 need >= 7 px (28, 56 px of input). 62 rounded up to 16 is 64, for all three released or
 # announced variants (the modules' own `min_size`); see docs/seams.md.
-_CGNET = {"tile_multiple": 16, "min_size": 64}
+_CGNET = {"tile_multiple": 16, "min_size": 64, **_WHOLE_TILE}
 # MIRNet (v1, height 3) and MIRNet_v2 (3 streams, fixed): two halvings to a 1/4 stream and the
 # streams are fused at equal sizes, so 4 px (the catalog's pad_multiple); in v1 the 1/2 stream
 # is blurred with reflect padding of 1 before its halving, which needs >= 2 px there.
-_MIRNET = {"min_size": 4}
+_MIRNET = {"min_size": 4, **_WHOLE_TILE}
 
 # catalog `arch` name -> Arch. Adding a network touches this map, the family module and
 # models/catalog.toml, nothing else. Torch is not imported here: the engine reads the needs
@@ -59,17 +67,17 @@ ARCHS: dict[str, Arch] = {
     # 230-260 KB, MambaIRv2-Light 26 KB, MambaIR under 5 KB; with a third to spare. At the
     # default 40 KB a 24 MP photo through HAT got a 512-px tile and was killed for memory.
     "HAT": Arch("restorer.archs.hat:HAT", {"bytes_per_pixel": 100_000}),
-    "MambaIR": Arch("restorer.archs.mambair:MambaIR"),
+    "MambaIR": Arch("restorer.archs.mambair:MambaIR", _WHOLE_TILE),
     # three PixelUnshuffle(2) steps: 8 px leaves 1 px at the bottom level
-    "MambaIRUNet": Arch("restorer.archs.mambair:MambaIRUNet", {"min_size": 8}),
-    "MambaIRv2": Arch("restorer.archs.mambairv2:MambaIRv2", {"bytes_per_pixel": 300_000}),
-    "MambaIRv2Light": Arch("restorer.archs.mambairv2:MambaIRv2Light"),
+    "MambaIRUNet": Arch("restorer.archs.mambair:MambaIRUNet", {"min_size": 8, **_WHOLE_TILE}),
+    "MambaIRv2": Arch("restorer.archs.mambairv2:MambaIRv2", {"bytes_per_pixel": 300_000, **_WHOLE_TILE}),
+    "MambaIRv2Light": Arch("restorer.archs.mambairv2:MambaIRv2Light", _WHOLE_TILE),
     "CascadedGaze": Arch("restorer.archs.cgnet:CascadedGaze", _CGNET),
     "GCENetMHLocal": Arch("restorer.archs.cgnet:GCENetMHLocal", _CGNET),
     "CascadedGazeNetBiggerLocal": Arch("restorer.archs.cgnet:CascadedGazeNetBiggerLocal", _CGNET),
     "MIRNet": Arch("restorer.archs.mirnet:MIRNet", _MIRNET),
     "MIRNet_v2": Arch("restorer.archs.mirnet_v2:MIRNetV2", _MIRNET),
-    "InstructIR": Arch("restorer.archs.instructir:InstructIR", {"extra_inputs": ("embedding",)}),
+    "InstructIR": Arch("restorer.archs.instructir:InstructIR", {"extra_inputs": ("embedding",), **_WHOLE_TILE}),
     "InstructIRLMHead": Arch("restorer.archs.instructir:LanguageHead"),
     "BertModel": Arch("restorer.archs.bert:BertModel"),
     # total stride 32 (five halvings to a 1-px bottleneck), image and mask pyramid alike

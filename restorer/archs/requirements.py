@@ -22,6 +22,9 @@ class Requirements:
     overlap: int = 16  # context pixels (input scale) each tile needs on every side
     preferred_tile: int | None = None  # None: as large as memory allows
     whole_image: bool = False  # global statistics: never tile
+    # The output depends on statistics of the whole tile (global pools, scans across it): its
+    # tiles stay as large as allowed instead of shrinking to fit the image.
+    whole_tile_statistics: bool = False
     bytes_per_pixel: int = 40_000  # rough activation memory per input pixel, for the automatic tile size
     input_range: tuple[float, float] = (0.0, 1.0)  # the network's value range (images travel in [0, 1])
     output_range: tuple[float, float] = (0.0, 1.0)

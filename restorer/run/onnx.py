@@ -192,9 +192,10 @@ class OnnxRunner(NetworkRunner):
     """Runs an exported .onnx model; the image input is the session's first input.
 
     A graph with symbolic sizes runs a shape's first call on the dynamic graph, and from the
-    shape's second call on (the tiles of an image, a folder of same-size photos) on a session
-    with every size fixed: fixed shapes let ONNX Runtime fold the shape arithmetic. A batch of
-    photos of many sizes thus builds one session, not one per photo. At most one fixed-size
+    shape's second call on (a folder of same-size photos) on a session with every size fixed:
+    fixed shapes let ONNX Runtime fold the shape arithmetic and plan its memory. A batch of
+    photos of many sizes thus builds one session, not one per photo; the tiles of an image,
+    announced by the tiling engine (`expect_repeats`), go to the fixed session from the first. At most one fixed-size
     session is kept, and the dynamic one is released while it is there (one copy of the
     weights in memory; it is rebuilt from its kept optimised graph when a new shape comes).
     Each session's optimised graph is kept beside the model (CPU only: CUDA's depends on the
@@ -219,13 +220,18 @@ class OnnxRunner(NetworkRunner):
         self._dynamic = session
         self._fixed: tuple[tuple, object] | None = None  # (sizes, session)
         self._seen: set[tuple] = set()  # sizes run once on the dynamic graph
+        self._repeating: tuple[int, ...] | None = None  # the image batch shape announced to repeat
+
+    def expect_repeats(self, shape: tuple[int, ...]) -> None:
+        self._repeating = tuple(shape)
 
     def _session_for(self, feeds: dict[str, np.ndarray]):
         sizes = fixed_sizes(self._symbols, feeds)
         key = tuple(sorted(sizes.items()))
         if self._fixed is not None and self._fixed[0] == key:
             return self._fixed[1]
-        if not sizes or key not in self._seen:
+        repeats = feeds[self.input_names[0]].shape == self._repeating
+        if not sizes or (key not in self._seen and not repeats):
             self._seen.add(key)
             if self._dynamic is None:
                 self._dynamic = create_session(self.path, self.device, optimized=optimized_path(self.path, {})).session

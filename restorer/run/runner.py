@@ -73,6 +73,10 @@ class NetworkRunner:
     def forward(self, batch: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
+    def expect_repeats(self, shape: tuple[int, ...]) -> None:
+        """Told by the tiling engine: batches of `shape` come more than once (an image's
+        tiles), so a runtime that prepares per shape may do so from the first call."""
+
     def close(self) -> None:
         pass
 

@@ -33,7 +33,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from restorer.run.runner import OutOfMemory, Runner
+from restorer.run.runner import NetworkRunner, OutOfMemory, Runner
 
 try:
     import cv2 as _cv2  # a dependency of restorer; only its fast channel interleaving is used here
@@ -74,11 +74,36 @@ def axis_starts(length: int, tile: int, overlap: int, ramp: int) -> list[int]:
     return starts
 
 
-def plan_rows(height: int, width: int, tile: int, overlap: int, ramp: int, y_from: int = 0) -> list[list[Tile]]:
-    """Rows of tiles covering rows [y_from, height) and the full width."""
-    ys = [y_from + s for s in axis_starts(height - y_from, tile, overlap, ramp)]
-    xs = axis_starts(width, tile, overlap, ramp)
-    return [[Tile(y, min(y + tile, height), x, min(x + tile, width)) for x in xs] for y in ys]
+def fit_tile(length: int, tile: int, overlap: int, ramp: int, multiple: int = 1) -> int:
+    """The smallest tile side (a multiple of `multiple`, at most `tile`) that covers `length`
+    with as many tiles as `tile` does. Tiles of one size cover an axis n * tile pixels, so
+    the last one overhangs and recomputes what its neighbour did: 4000 px at 512-px tiles
+    is 9 tiles, and 9 of 466 px cover it as well as 9 of 512."""
+    if length <= tile:
+        return tile
+    n = len(axis_starts(length, tile, overlap, ramp))
+    fitted = -(-(length + (n - 1) * (2 * overlap + ramp)) // n)
+    return min(tile, -(-fitted // multiple) * multiple)
+
+
+def tile_sides(height: int, width: int, tile: int, overlap: int, ramp: int, multiple: int, floor: int,
+               fit: bool) -> tuple[int, int]:
+    """The tiles' height and width: each fitted to its axis (never below `floor`), unless
+    `fit` is false (a network whose output depends on the whole tile is most faithful with
+    the largest tile; a fixed-size export takes one size)."""
+    if not fit:
+        return tile, tile
+    return tuple(max(min(floor, tile), fit_tile(n, tile, overlap, ramp, multiple)) for n in (height, width))
+
+
+def plan_rows(height: int, width: int, tile: int | tuple[int, int], overlap: int, ramp: int,
+              y_from: int = 0) -> list[list[Tile]]:
+    """Rows of tiles covering rows [y_from, height) and the full width; `tile` is a side, or
+    (tile height, tile width)."""
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    ys = [y_from + s for s in axis_starts(height - y_from, th, overlap, ramp)]
+    xs = axis_starts(width, tw, overlap, ramp)
+    return [[Tile(y, min(y + th, height), x, min(x + tw, width)) for x in xs] for y in ys]
 
 
 def edge_window(length: int, lo_inner: bool, hi_inner: bool, margin: int, ramp: int) -> np.ndarray:
@@ -267,13 +292,19 @@ def run_tiled(
     if tile_multiple > multiple:
         tile = -(-tile // tile_multiple) * tile_multiple  # up: never below the minimums
     ramp = max(overlap, 1)
+    floor = max(min_tile, 4 * overlap + 1, tile_multiple)
+    fit = not (needs.fixed_tile or needs.whole_tile_statistics)
 
-    blend = _Blend(h, w, s, orig_h * s, orig_w * s, min(tile, h) * s, overlap * s, ramp * s)
+    def sides(tile: int) -> tuple[int, int]:
+        return tile_sides(h, w, tile, overlap, ramp, tile_multiple, floor, fit)
+
+    th, tw = sides(tile)
+    blend = _Blend(h, w, s, orig_h * s, orig_w * s, min(th, h) * s, overlap * s, ramp * s)
     channels = pixels.shape[2]
     # Two input buffers, used in turn: the worker cuts tile k+1 into one while the network
     # reads tile k from the other. Tiles only shrink (on an out-of-memory retry), so the
     # first tile's size bounds them all.
-    buffers = [np.empty(channels * min(tile, h) * min(tile, w), np.float32) for _ in range(2)]
+    buffers = [np.empty(channels * min(th, h) * min(tw, w), np.float32) for _ in range(2)]
 
     def prepare(t: Tile, slot: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return _network_input(needs, pixels[t.y0 : t.y1, t.x0 : t.x1], _cut_extra(extra, t, (h, w)), buffers[slot])
@@ -296,7 +327,7 @@ def run_tiled(
     done = 0
     try:
         while True:
-            rows = plan_rows(h, w, tile, overlap, ramp, y_from)
+            rows = plan_rows(h, w, sides(tile), overlap, ramp, y_from)
             total = done + sum(len(r) for r in rows)
             order = [(t, row) for row in rows for t in row]
             next_y0 = {id(row): (rows[i + 1][0].y0 if i + 1 < len(rows) else h) for i, row in enumerate(rows)}
@@ -308,6 +339,8 @@ def run_tiled(
                         blending.append(worker.submit(blend.start_row, row, next_y0[id(row)]))
                     _check_cancel(cancel)
                     batch, patch_extra = ahead.result()
+                    if k == 0 and len(order) > 1 and isinstance(runner, NetworkRunner):
+                        runner.expect_repeats(batch.shape)  # every tile of a plan has one shape
                     ahead = worker.submit(prepare, order[k + 1][0], (k + 1) % 2) if k + 1 < len(order) else None
                     out = runner(batch, **patch_extra)
                     _check_output(runner, out, batch)
@@ -328,7 +361,7 @@ def run_tiled(
                 settle()
                 y_from, done = row[0].y0, done_before_row
                 half = tile // 2 - (tile // 2) % tile_multiple
-                if half < max(min_tile, 4 * overlap + 1, tile_multiple):
+                if half < floor:
                     raise OutOfMemory(
                         f"out of memory even at a {tile}px tile ({e}); try --device cpu or a smaller --tile"
                     ) from e
