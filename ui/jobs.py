@@ -17,11 +17,12 @@ from PySide6.QtCore import QObject, Qt, Signal
 from restorer_ui.imageconv import Pyramid, to_display
 
 from restorer.batch.loop import Output, run_batch
-from restorer.batch.restore import restore
+from restorer.batch.restore import restore, restore_region
 from restorer.io.imaging import Image
 from restorer.plan.request import Plan
 from restorer.run.context import Context
 from restorer.run.loader import RunnerCache
+from restorer.run.progress import ProgressClock
 from restorer.run.tiles import Cancelled
 
 QUEUED = Qt.ConnectionType.QueuedConnection
@@ -65,6 +66,16 @@ class Job(QObject):
         left = elapsed * (1 - fraction) / fraction if fraction > 0.02 and elapsed > 0.5 else -1.0
         self.progress.emit(fraction, left, text)
 
+    def report_clock(self, clock: ProgressClock, what: str | None = None) -> None:
+        """Progress from a ProgressClock: its fraction, its time left (-1 while unknown) and its
+        line ("Reduce noise: tile 3 of 12 — 25 % — about 40 s left"; `what` replaces the step part)."""
+        left = clock.seconds_left()
+        self.progress.emit(clock.fraction, -1.0 if left is None else left, clock.line(what))
+
+    def check_cancel(self) -> None:
+        if self.cancel_event.is_set():
+            raise Cancelled("cancelled")
+
     def work(self):
         raise NotImplementedError
 
@@ -105,23 +116,58 @@ class RestoreJob(Job):
 
     def work(self) -> RestoreResult:
         image, reports = self.image, []
-        n = len(self.plan.steps)
+        clock = ProgressClock.for_plan(self.plan.steps)
+
+        def progress(done: int, total: int) -> None:
+            clock.tiles(done, total)
+            self.report_clock(clock)
+
+        ctx = Context(self.plan.device, self.plan.tile, progress=progress, cancel=self.cancel_event,
+                      cache=self.cache, on_note=self.note.emit)
         for i, step in enumerate(self.plan.steps):
-            label = f"step {i + 1}/{n}: {step.task} with {step.model}"
-            self.report(i / n, label)
-
-            def progress(done: int, total: int, i=i, label=label) -> None:
-                self.report((i + done / max(total, 1)) / n, f"{label}, tile {done}/{total}")
-
-            ctx = Context(self.plan.device, self.plan.tile, progress=progress, cancel=self.cancel_event,
-                          cache=self.cache, on_note=self.note.emit)
+            self.check_cancel()  # between steps too: a pipeline step has no tiles to stop between
+            clock.start_step(i)
+            self.report_clock(clock)
             image, step_reports = restore(image, replace(self.plan, steps=[step]), ctx)
             reports.extend(step_reports)
-            if self.cancel_event.is_set():
-                raise Cancelled("cancelled")
-        self.report(1.0, "preparing the view")
+        self.check_cancel()
+        clock.finish()
+        self.progress.emit(1.0, 0.0, f"{clock.finished_line().capitalize()}; preparing the view")
         pyramid = Pyramid.build(to_display(image.pixels, image.alpha))
         return RestoreResult(image, reports, pyramid, time.perf_counter() - self.started_at)
+
+
+@dataclass
+class PreviewResult:
+    image: Image  # the restored pixels of `box`, at the plan's output scale
+    pyramid: Pyramid
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in input pixels
+    seconds: float = 0.0
+
+
+class PreviewJob(Job):
+    """restore_region() of one box: what the whole restore would give there, in a second or
+    so for the built-in operators (restorer.batch.restore.restore_region says how)."""
+
+    def __init__(self, image: Image, plan: Plan, cache: RunnerCache, box: tuple[int, int, int, int], parent=None):
+        super().__init__(parent)
+        self.image, self.plan, self.cache, self.box = image, plan, cache, tuple(box)
+
+    def work(self) -> PreviewResult:
+        clock = ProgressClock.for_plan(self.plan.steps)
+
+        def progress(done: int, total: int) -> None:
+            clock.follow_tiles(done, total)  # the region runs each tiled step once, in order
+            self.report_clock(clock)
+
+        ctx = Context(self.plan.device, self.plan.tile, progress=progress, cancel=self.cancel_event,
+                      cache=self.cache, on_note=self.note.emit)
+        region = restore_region(self.image, self.plan, ctx, self.box)
+        self.check_cancel()
+        clock.finish()
+        self.progress.emit(1.0, 0.0, f"Preview {clock.finished_line()}")
+        pyramid = Pyramid.build(to_display(region.pixels, region.alpha))
+        return PreviewResult(region, pyramid, self.box, time.perf_counter() - self.started_at)
 
 
 class LoadJob(Job):
@@ -155,23 +201,36 @@ class BatchJob(Job):
         self.items, self.plan, self.output = items, plan, output
 
     def work(self) -> BatchOutcome:
-        total = max(1, sum(1 for item in self.items if item.status == "pending"))
-        started = []
+        # One clock over the files (equal shares: their sizes are not read ahead), fed by a
+        # clock over the plan's steps for the file that is running.
+        pending = [i for i, item in enumerate(self.items) if item.status == "pending"]
+        files = ProgressClock([self.items[i].input.name for i in pending] or ["nothing to restore"])
+        position = {index: k for k, index in enumerate(pending)}
+        steps = ProgressClock.for_plan(self.plan.steps)
+
+        def what(index: int) -> str:
+            where = f" ({position[index] + 1} of {len(pending)})" if index in position else ""
+            return f"{self.items[index].input.name}{where}: {steps.step_text()}"
 
         def on_item(index: int, item) -> None:
+            nonlocal steps
             if item.status == "running":
-                started.append(index)
-                self.report((len(started) - 1) / total, item.input.name)
+                if index in position:
+                    files.start_step(position[index])
+                steps = ProgressClock.for_plan(self.plan.steps)
+                self.report_clock(files, what(index))
             self.itemChanged.emit(index)
 
         def on_tiles(index: int, done: int, total_tiles: int) -> None:
-            name = self.items[index].input.name
-            self.report((len(started) - 1 + done / max(total_tiles, 1)) / total, f"{name}: tile {done}/{total_tiles}")
+            steps.follow_tiles(done, total_tiles)
+            files.update(steps.fraction)
+            self.report_clock(files, what(index))
 
         finished = run_batch(self.items, self.plan, self.output, cancel=self.cancel_event, on_item=on_item,
                              on_tiles=on_tiles, on_note=self.note.emit)
         if finished:
-            self.report(1.0, "done")
+            files.finish()
+            self.progress.emit(1.0, 0.0, f"Done, {files.finished_line()}")
         counts: dict[str, int] = {}
         for item in self.items:
             counts[item.status] = counts.get(item.status, 0) + 1
