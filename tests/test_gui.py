@@ -20,7 +20,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
 from PIL import Image as PILImage  # noqa: E402
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QTimer, QUrl  # noqa: E402
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QRectF, QSettings, Qt, QTimer, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent, QGuiApplication, QImage, QWheelEvent  # noqa: E402
 from restorer_ui.imageconv import Pyramid, from_qimage  # noqa: E402
 
@@ -207,11 +207,16 @@ def test_task_options_reach_the_steps(qtbot, window):
     """The CLI's --strength, --scratches/--faces/--hr and --mask/--dilate, in the window."""
     panel = window.request
     panel.set_task("denoise")
-    assert panel.strength.isVisibleTo(panel) and not panel.hr.isVisibleTo(panel)
-    panel.strength.setCurrentIndex(panel.strength.findData(1.0))
+    assert panel.strength.isEnabled() and not panel.hr.isVisibleTo(panel)
+    # Auto: no strength in the plan (the operator's own default), the slider shows that default
+    assert panel.strength_auto.isChecked() and "strength" not in panel.resolve_plan().steps[0].options
+    assert panel.strength_label.text() == "Strength 50 % (auto)"
+    panel.strength.setValue(100)  # moving the slider is a choice: Auto goes off
+    assert not panel.strength_auto.isChecked() and panel.strength_label.text() == "Strength 100 %"
     assert panel.resolve_plan().steps[0].options["strength"] == 1.0
     panel.set_task("old-photo")
-    assert panel.hr.isVisibleTo(panel) and not panel.strength.isVisibleTo(panel)
+    assert panel.hr.isVisibleTo(panel) and not panel.strength.isEnabled()
+    assert "strength" not in panel.resolve_plan().steps[0].options
     panel.hr.setChecked(True)
     panel.faces.setChecked(False)
     panel.scratches.setCurrentIndex(panel.scratches.findData("yes"))
@@ -228,9 +233,11 @@ def test_live_plan_follows_the_instruction(qtbot, window):
     box = window.request.instruction
     qtbot.keyClicks(box, "remove the noise then upscale 2x")
     assert window.request.mode == "instruction"
-    qtbot.waitUntil(lambda: "superres" in window.request.plan.text(), timeout=3000)
+    qtbot.waitUntil(lambda: "Upscale" in window.request.plan.text(), timeout=3000)
     plan = window.request.plan.text()
-    assert plan.index("denoise") < plan.index("superres") and "builtin:denoise" in plan
+    # plain words in the box, the engine's in its tooltip
+    assert plan.index("Reduce noise") < plan.index("Upscale 2×") and "built-in filter" in plan
+    assert "builtin:denoise" not in plan and "builtin:denoise" in window.request.plan.toolTip()
     box.clear()
     qtbot.keyClicks(box, "zzqx wibble")
     qtbot.waitUntil(lambda: "#c0392b" in window.request.plan.text(), timeout=3000)
@@ -620,3 +627,128 @@ def test_selftest_exits_zero(tmp_path):
     done = subprocess.run([*command, "--selftest"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "selftest: ok" in done.stdout
+
+
+# ---------------------------------------------------------------- region preview
+
+
+def preview_and_wait(qtbot, window, runs=None, timeout=20000):
+    """Wait for the preview run number `runs` (default: one more than now) to be shown."""
+    runs = window.preview_runs + 1 if runs is None else runs
+    qtbot.waitUntil(lambda: window.preview_runs >= runs and window.preview_job is None
+                    and window.preview_result is not None, timeout=timeout)
+    return window.preview_result
+
+
+def test_region_preview_equals_the_whole_run_there(qtbot, window):
+    """Preview on a region through PreviewJob; the rest of the photo stays the original; the
+    whole run then gives the same pixels there (restore_region's context: within a fraction
+    of an 8-bit step for built-in denoising)."""
+    open_and_wait(qtbot, window, SAMPLES / "lol_low_778.png")
+    window.request.set_task("denoise", "builtin:denoise")
+    view = window.view
+    view.set_preview_rect(QRectF(300, 120, 200, 150))
+    window.preview_button.click()
+    assert window.preview_action.isChecked()
+    result = preview_and_wait(qtbot, window, runs=1)
+    assert result.box == (300, 120, 500, 270) and result.image.pixels.shape == (150, 200, 3)
+    assert view.after is None and view.has_comparison()
+
+    # On screen at 100 %: inside the region the after side shows the preview, outside the original.
+    view.actual_size()
+    view.set_divider(0.0)  # all of the view is the after side
+    qtbot.wait(10)
+    shown = grab(view)
+    patch = view.preview_result()[0].arrays[0]
+    inside = view.image_to_widget(QRectF(400, 200, 1, 1)).topLeft()
+    outside = view.image_to_widget(QRectF(150, 200, 1, 1)).topLeft()
+    assert np.abs(shown[int(inside.y()), int(inside.x())].astype(int) - patch[80, 100, :3]).sum() <= 6
+    assert np.abs(shown[int(outside.y()), int(outside.x())].astype(int)
+                  - view.before.arrays[0][200, 150, :3]).sum() <= 6
+    assert np.abs(patch[80, 100, :3].astype(int) - view.before.arrays[0][200, 400, :3]).sum() > 0
+
+    restore_and_wait(qtbot, window, "denoise", "builtin:denoise")
+    whole = window.result.pixels[120:270, 300:500]
+    diff = np.abs(whole - result.image.pixels)
+    assert diff.max() < 0.5 / 255 and diff.mean() < 0.05 / 255, (diff.max() * 255, diff.mean() * 255)
+    # the whole result shows what the preview did: no patch over it, and no re-run for the same plan
+    assert view.preview_result()[0] is None and view.preview_rect() == QRectF(300, 120, 200, 150)
+    qtbot.wait(400)
+    assert window.preview_runs == 1
+
+
+def test_changing_strength_reruns_the_preview(qtbot, window):
+    open_and_wait(qtbot, window, SAMPLES / "kodim05_crop256.png")
+    window.request.set_task("denoise", "builtin:denoise")
+    window.preview_action.trigger()
+    first = preview_and_wait(qtbot, window, runs=1)
+    assert first.box == (0, 0, 256, 256)  # the default region, cut to a small photo
+    window.request.strength.setValue(100)
+    second = preview_and_wait(qtbot, window, runs=2)
+    assert window.preview_job is None and not np.array_equal(first.image.pixels, second.image.pixels)
+    # stronger denoising moves further from the original
+    original = window.source.pixels
+    assert np.abs(second.image.pixels - original).mean() > np.abs(first.image.pixels - original).mean()
+    # a slider drag re-runs once, when it rests (debounced), not per step
+    for value in (90, 80, 70, 60):
+        window.request.strength.setValue(value)
+    preview_and_wait(qtbot, window, runs=3)
+    qtbot.wait(600)
+    assert window.preview_runs == 3
+    # turned off: outline and preview go, changes run nothing
+    window.preview_action.trigger()
+    assert window.view.preview_rect() is None and window.view.preview_result()[0] is None
+    window.request.strength.setValue(20)
+    qtbot.wait(600)
+    assert window.preview_runs == 3
+
+
+def test_drag_moves_the_preview_region_and_shift_drag_draws_one(qtbot, window):
+    open_and_wait(qtbot, window, SAMPLES / "lol_low_778.png")
+    window.request.set_task("denoise", "builtin:denoise")
+    view = window.view
+    view.set_preview_rect(QRectF(100, 80, 160, 120))
+    window.preview_action.trigger()
+    preview_and_wait(qtbot, window, runs=1)
+    view.actual_size()
+    view.set_divider(0.0)
+    moved = []
+    view.previewRectMoved.connect(moved.append)
+
+    start = view.image_to_widget(QRectF(180, 140, 1, 1)).topLeft().toPoint()
+    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=start)
+    for step in range(1, 5):
+        qtbot.mouseMove(view, start + QPoint(10 * step, 8 * step))
+    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, pos=start + QPoint(40, 32))
+    assert view.preview_rect() == QRectF(140, 112, 160, 120) and moved == [QRectF(140, 112, 160, 120)]
+    assert view.center == QPointF(300, 200)  # a drag inside the region moves it, not the photo
+    result = preview_and_wait(qtbot, window, runs=2)
+    assert result.box == (140, 112, 300, 232)
+
+    # Shift-drag draws a new region; dragging outside it pans as before
+    a = view.image_to_widget(QRectF(20, 30, 1, 1)).topLeft().toPoint()
+    b = view.image_to_widget(QRectF(120, 90, 1, 1)).topLeft().toPoint()
+    qtbot.mousePress(view, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier, pos=a)
+    qtbot.mouseMove(view, b)
+    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier, pos=b)
+    assert view.preview_rect() == QRectF(20, 30, 100, 60)
+    assert preview_and_wait(qtbot, window, runs=3).box == (20, 30, 120, 90)
+    # dragged past the photo's edge: the region stays inside it
+    inside = view.image_to_widget(QRectF(50, 50, 1, 1)).topLeft().toPoint()
+    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=inside)
+    qtbot.mouseMove(view, inside + QPoint(-300, -300))
+    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, pos=inside + QPoint(-300, -300))
+    assert view.preview_rect() == QRectF(0, 0, 100, 60)
+
+
+def test_superres_preview_fills_its_region(qtbot, window):
+    """An x2 preview has twice the region's pixels and is painted over the region itself."""
+    open_and_wait(qtbot, window, SAMPLES / "kodim05_crop256.png")
+    window.request.scale.setCurrentIndex(0)  # x2
+    window.request.set_task("superres", "builtin:upscale")
+    window.view.set_preview_rect(QRectF(64, 64, 96, 80))
+    window.preview_action.trigger()
+    result = preview_and_wait(qtbot, window, runs=1)
+    assert result.image.pixels.shape == (160, 192, 3)
+    pyramid, rect = window.view.preview_result()
+    assert rect == QRectF(64, 64, 96, 80) and pyramid.width == 192

@@ -1,6 +1,6 @@
-"""`restorer`: the desktop app. `restorer --selftest` opens the window offscreen, restores
-the bundled sample with a built-in operator, saves it, and exits 0 when all went right
-(what installer/smoke.sh runs on a built bundle)."""
+"""`restorer`: the desktop app. `restorer --selftest` opens the window offscreen, previews a
+region of the bundled sample and restores it with a built-in operator, saves it, and exits 0
+when all went right (what installer/smoke.sh runs on a built bundle)."""
 
 from __future__ import annotations
 
@@ -97,9 +97,9 @@ def template_check(model_id: str = TEMPLATE_CHECK) -> str:
 
 
 def selftest(app, timeout: float = 120.0, download: str | None = None) -> int:
-    """Open, restore with builtin:denoise, save, reload; fill and run a network template;
-    with `download`, fetch a model through the window's Download-and-restore button and
-    restore with it: every stage checked."""
+    """Open, preview a region and restore with builtin:denoise, save, reload; fill and run a
+    network template; with `download`, fetch a model through the window's Download-and-restore
+    button and restore with it: every stage checked."""
     from importlib import resources
 
     import numpy as np
@@ -121,6 +121,15 @@ def selftest(app, timeout: float = 120.0, download: str | None = None) -> int:
                 _say(f"selftest: could not open the sample: {window.message.text()}", error=True)
                 return 1
         window.request.set_task("denoise", "builtin:denoise")
+        window.preview_action.trigger()  # the region preview first: restore_region through PreviewJob
+        if not wait_until(app, lambda: window.preview_result is not None and window.preview_job is None, timeout):
+            _say(f"selftest: the region preview did not finish: {window.message.text()}", error=True)
+            return 1
+        x0, y0, x1, y1 = window.preview_result.box
+        if window.preview_result.image.pixels.shape[:2] != (y1 - y0, x1 - x0):
+            _say(f"selftest: the preview of {window.preview_result.box} has the wrong size", error=True)
+            return 1
+        window.preview_action.trigger()
         window.start_restore()
         if not wait_until(app, lambda: not window.is_busy(), timeout) or window.result is None:
             _say(f"selftest: the restore did not finish: {window.message.text()}", error=True)

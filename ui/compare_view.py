@@ -5,6 +5,12 @@ Coordinates: the canvas is the result's pixel grid (the original's when there is
 yet). A super-resolution original is smaller than the canvas and is painted stretched to it,
 so both sides line up. `zoom` is screen pixels per canvas pixel and `center` the canvas point
 shown in the middle of each pane.
+
+The preview region is a rectangle in the original's pixels (the grid a restore reads), drawn
+as a dashed outline; a preview's result is painted inside it on the "after" side (over the
+full result when there is one, else over the original), so a setting can be judged on a
+region before the whole photo is run. The user drags inside the outline to move it and
+Shift-drags anywhere to draw a new one; previewRectMoved says where it went.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import math
 
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QPainter, QPen
+from PySide6.QtGui import QColor, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QWidget
 from restorer_ui.imageconv import Pyramid, difference
 
@@ -20,6 +26,8 @@ MODES = ("split", "side", "diff")
 MIN_ZOOM, MAX_ZOOM = 0.01, 32.0
 DIVIDER_GRAB = 8  # pixels either side of the divider that pick it up
 BACKGROUND = QColor(48, 48, 48)
+PREVIEW_COLOUR = QColor(255, 200, 40)
+MIN_PREVIEW_SIDE = 16  # a drawn region smaller than this (image pixels) is a slip: the old one stays
 
 
 def _middle(pane: QRectF) -> QPointF:
@@ -30,6 +38,7 @@ def _middle(pane: QRectF) -> QPointF:
 class CompareView(QWidget):
     zoomChanged = Signal(float)
     dividerMoved = Signal(float)
+    previewRectMoved = Signal(QRectF)  # the user moved or drew the preview region (image pixels)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -44,13 +53,22 @@ class CompareView(QWidget):
         self.zoom = 1.0
         self.center = QPointF(0, 0)
         self.fitting = True  # refit on resize until the user zooms
-        self._drag: str | None = None  # "divider" or "pan"
+        self._drag: str | None = None  # "divider", "pan", "move" (the preview region) or "draw" (a new one)
         self._last = QPointF()
+        self._press = QPointF()  # where a move or draw started (widget)
+        self._rect_at_press: QRectF | None = None
+        self._preview_rect: QRectF | None = None  # in the original's pixels
+        self._patch: Pyramid | None = None  # a preview's result, painted over _patch_rect
+        self._patch_rect: QRectF | None = None
+        self._patch_diff: Pyramid | None = None
 
     # ------------------------------------------------------------ content
 
     def set_before(self, pyramid: Pyramid | None) -> None:
+        """A new original: any result, preview and region belong to the old one and go."""
         self.before, self.after, self._diff = pyramid, None, None
+        self._preview_rect = None
+        self.set_preview_result(None)
         self.fit()
 
     def set_after(self, pyramid: Pyramid | None) -> None:
@@ -64,6 +82,13 @@ class CompareView(QWidget):
     def canvas_size(self) -> tuple[int, int]:
         top = self.after or self.before
         return (top.width, top.height) if top else (1, 1)
+
+    def has_image(self) -> bool:
+        return self.before is not None or self.after is not None
+
+    def has_comparison(self) -> bool:
+        """Something to compare with the original: a result or a preview."""
+        return self.before is not None and (self.after is not None or self._patch is not None)
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
@@ -83,11 +108,75 @@ class CompareView(QWidget):
             self._diff = Pyramid.build(difference(self.before.arrays[0], self.after.arrays[0]))
         return self._diff
 
+    # ------------------------------------------------------------ preview region
+
+    def set_preview_rect(self, rect: QRectF | None) -> None:
+        """Show the preview region (image pixels; clipped to the image, whole pixels), or
+        none. Does not emit previewRectMoved: that is for what the user does."""
+        self._preview_rect = None if rect is None or self.before is None else self._fit_rect(rect)
+        self.update()
+
+    def preview_rect(self) -> QRectF | None:
+        return QRectF(self._preview_rect) if self._preview_rect is not None else None
+
+    def set_preview_result(self, pyramid: Pyramid | None, rect: QRectF | None = None) -> None:
+        """A preview's result, painted stretched over `rect` (image pixels) on the after
+        side; None removes it."""
+        self._patch = pyramid if rect is not None else None
+        self._patch_rect = QRectF(rect) if pyramid is not None and rect is not None else None
+        self._patch_diff = None
+        self.update()
+
+    def preview_result(self) -> tuple[Pyramid | None, QRectF | None]:
+        return self._patch, self._patch_rect
+
+    def image_scale(self) -> float:
+        """Canvas pixels per original pixel (the result's scale; 1 without one)."""
+        return self.canvas_size()[0] / self.before.width if self.before is not None else 1.0
+
+    def image_to_widget(self, rect: QRectF, pane: QRectF | None = None) -> QRectF:
+        """A rectangle in the original's pixels, on screen in `pane`."""
+        f = self.image_scale()
+        top_left = self.canvas_to_widget(rect.topLeft() * f, pane)
+        return QRectF(top_left.x(), top_left.y(), rect.width() * f * self.zoom, rect.height() * f * self.zoom)
+
+    def widget_to_image(self, pos: QPointF, pane: QRectF | None = None) -> QPointF:
+        return self.widget_to_canvas(pos, pane) / self.image_scale()
+
+    def show_region(self, rect: QRectF) -> None:
+        """At 100 % (one original pixel per screen pixel), centred on `rect` (image pixels)."""
+        f = self.image_scale()
+        self.set_zoom(1.0 / f)
+        self.center = rect.center() * f
+        self._clamp()
+        self.update()
+
+    def _fit_rect(self, rect: QRectF) -> QRectF:
+        """`rect` as whole pixels inside the original: moved in when it sticks out, cut when
+        it is larger than the image."""
+        w, h = self.before.width, self.before.height
+        rw, rh = min(w, max(1, round(rect.width()))), min(h, max(1, round(rect.height())))
+        x = min(max(0, round(rect.left())), w - rw)
+        y = min(max(0, round(rect.top())), h - rh)
+        return QRectF(x, y, rw, rh)
+
+    def _movable(self) -> bool:
+        """A region smaller than the image can move; one that covers it leaves the drag to panning."""
+        r = self._preview_rect
+        return r is not None and (r.width() < self.before.width or r.height() < self.before.height)
+
+    def _patch_diff_pyramid(self) -> Pyramid | None:
+        if self._patch_diff is None and self._patch is not None and self.before is not None:
+            r = self._patch_rect
+            region = self.before.arrays[0][int(r.top()):int(r.bottom()), int(r.left()):int(r.right())]
+            self._patch_diff = Pyramid.build(difference(region, self._patch.arrays[0]))
+        return self._patch_diff
+
     # ------------------------------------------------------------ geometry
 
     def panes(self) -> list[QRectF]:
         r = QRectF(self.rect())
-        if self.mode == "side" and self.after is not None:
+        if self.mode == "side" and (self.after is not None or self._patch is not None):
             half = r.width() / 2
             return [QRectF(r.left(), r.top(), half - 1, r.height()), QRectF(r.left() + half + 1, r.top(), half - 1, r.height())]
         return [r]
@@ -112,7 +201,9 @@ class CompareView(QWidget):
     def fit(self) -> None:
         w, h = self.canvas_size()
         pane = self.panes()[0]
-        self.zoom = max(MIN_ZOOM, min(pane.width() / w, pane.height() / h, MAX_ZOOM))
+        # nothing shown: 100 %, not the 3200 % a 1x1 canvas would fit to
+        fitted = min(pane.width() / w, pane.height() / h) if self.has_image() else 1.0
+        self.zoom = max(MIN_ZOOM, min(fitted, MAX_ZOOM))
         self.center = QPointF(w / 2, h / 2)
         self.fitting = True
         self.zoomChanged.emit(self.zoom)
@@ -165,8 +256,15 @@ class CompareView(QWidget):
         if event.button() != Qt.MouseButton.LeftButton:
             return
         pos = event.position()
+        self._press, self._rect_at_press = pos, self.preview_rect()
         if self._on_divider(pos):
             self._drag = "divider"
+        elif self._preview_rect is not None and event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            self._drag = "draw"
+            self.setCursor(Qt.CursorShape.CrossCursor)
+        elif self._on_preview(pos):
+            self._drag = "move"
+            self.setCursor(Qt.CursorShape.SizeAllCursor)
         else:
             self._drag = "pan"
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
@@ -179,14 +277,28 @@ class CompareView(QWidget):
         elif self._drag == "pan":
             delta = pos - self._last
             self.pan_by(delta.x(), delta.y())
+        elif self._drag == "move":
+            shift = (pos - self._press) / (self.zoom * self.image_scale())
+            self.set_preview_rect(self._rect_at_press.translated(shift))
+        elif self._drag == "draw":
+            pane = self.pane_at(self._press)
+            a, b = self.widget_to_image(self._press, pane), self.widget_to_image(pos, pane)
+            self._preview_rect = self._fit_rect(QRectF(a, b).normalized()) if self._big_enough(a, b) else self._rect_at_press
+            self.update()
+        elif self._on_divider(pos):
+            self.setCursor(Qt.CursorShape.SplitHCursor)
+        elif self._on_preview(pos):
+            self.setCursor(Qt.CursorShape.SizeAllCursor)
         else:
-            shape = Qt.CursorShape.SplitHCursor if self._on_divider(pos) else Qt.CursorShape.OpenHandCursor
-            self.setCursor(shape)
+            self.setCursor(Qt.CursorShape.OpenHandCursor)
         self._last = pos
 
     def mouseReleaseEvent(self, event):
+        moved = self._drag in ("move", "draw") and self._preview_rect != self._rect_at_press
         self._drag = None
         self.unsetCursor()
+        if moved:
+            self.previewRectMoved.emit(self.preview_rect())
 
     def mouseDoubleClickEvent(self, event):
         if self.fitting:
@@ -210,8 +322,14 @@ class CompareView(QWidget):
             super().keyPressEvent(event)
 
     def _on_divider(self, pos: QPointF) -> bool:
-        return (self.mode == "split" and self.after is not None and self.before is not None
-                and abs(pos.x() - self.divider_x()) <= DIVIDER_GRAB)
+        return self.mode == "split" and self.has_comparison() and abs(pos.x() - self.divider_x()) <= DIVIDER_GRAB
+
+    def _on_preview(self, pos: QPointF) -> bool:
+        return self._movable() and self.image_to_widget(self._preview_rect, self.pane_at(pos)).contains(pos)
+
+    @staticmethod
+    def _big_enough(a: QPointF, b: QPointF) -> bool:
+        return abs(b.x() - a.x()) >= MIN_PREVIEW_SIDE and abs(b.y() - a.y()) >= MIN_PREVIEW_SIDE
 
     # ------------------------------------------------------------ painting
 
@@ -224,40 +342,90 @@ class CompareView(QWidget):
             painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
                              "Open a photo: File > Open, drag and drop, or paste (Ctrl+V)")
             return
-        if self.after is None or self.before is None:
+        if not self.has_comparison():
             self._paint_layer(painter, self.after or self.before, self.panes()[0], self.panes()[0])
         elif self.mode == "side":
             left, right = self.panes()
             self._paint_layer(painter, self.before, left, left)
-            self._paint_layer(painter, self.after, right, right)
+            self._paint_after(painter, right, right)
             painter.fillRect(QRectF(left.right(), 0, right.left() - left.right(), self.height()), QColor(20, 20, 20))
             self._label(painter, left, "Before")
-            self._label(painter, right, "After")
+            self._label(painter, right, "After" if self.after is not None else "Preview")
         elif self.mode == "diff":
             pane = self.panes()[0]
-            self._paint_layer(painter, self.diff_pyramid(), pane, pane)
+            if self.after is not None:
+                self._paint_layer(painter, self.diff_pyramid(), pane, pane)
+            else:  # only a preview: no difference outside it
+                painter.fillRect(self.image_to_widget(QRectF(0, 0, self.before.width, self.before.height), pane)
+                                 .intersected(pane), QColor(0, 0, 0))
+            if self._patch is not None:
+                self._paint_in(painter, self._patch_diff_pyramid(), self._patch_rect, pane, pane)
             self._label(painter, pane, "Difference (x4)")
         else:
             pane = self.panes()[0]
             x = self.divider_x()
             self._paint_layer(painter, self.before, pane, QRectF(pane.left(), pane.top(), x - pane.left(), pane.height()))
-            self._paint_layer(painter, self.after, pane, QRectF(x, pane.top(), pane.right() - x, pane.height()))
+            self._paint_after(painter, pane, QRectF(x, pane.top(), pane.right() - x, pane.height()))
             self._paint_divider(painter, x)
+        for pane in self.panes():
+            self._paint_preview_outline(painter, pane)
+
+    def _paint_after(self, painter: QPainter, pane: QRectF, clip: QRectF) -> None:
+        """The after side: the result (the original when there is none) and over it the preview."""
+        self._paint_layer(painter, self.after or self.before, pane, clip)
+        if self._patch is not None:
+            self._paint_in(painter, self._patch, self._patch_rect, pane, clip)
 
     def _paint_layer(self, painter: QPainter, pyramid: Pyramid, pane: QRectF, clip: QRectF) -> None:
         """Paint `pyramid` stretched over the canvas, only inside `clip`, from the level
         that matches the zoom and only the part of it that is visible."""
         cw, ch = self.canvas_size()
-        top_left = self.canvas_to_widget(QPointF(0, 0), pane)
-        target = QRectF(top_left.x(), top_left.y(), cw * self.zoom, ch * self.zoom)
+        self._paint_canvas_rect(painter, pyramid, QRectF(0, 0, cw, ch), pane, clip)
+
+    def _paint_in(self, painter: QPainter, pyramid: Pyramid, rect: QRectF, pane: QRectF, clip: QRectF) -> None:
+        """Paint `pyramid` stretched over `rect` (the original's pixels)."""
+        f = self.image_scale()
+        self._paint_canvas_rect(painter, pyramid, QRectF(rect.topLeft() * f, rect.size() * f), pane, clip)
+
+    def _paint_canvas_rect(self, painter: QPainter, pyramid: Pyramid, area: QRectF, pane: QRectF,
+                           clip: QRectF) -> None:
+        top_left = self.canvas_to_widget(area.topLeft(), pane)
+        target = QRectF(top_left.x(), top_left.y(), area.width() * self.zoom, area.height() * self.zoom)
         visible = target.intersected(clip).intersected(pane)
         if visible.isEmpty():
             return
-        image = pyramid.level_for(self.zoom * cw / pyramid.width)
+        image = pyramid.level_for(self.zoom * area.width() / pyramid.width)
         sx, sy = image.width() / target.width(), image.height() / target.height()
         source = QRectF((visible.left() - target.left()) * sx, (visible.top() - target.top()) * sy,
                         visible.width() * sx, visible.height() * sy)
         painter.drawImage(visible, image, source)
+
+    def _paint_preview_outline(self, painter: QPainter, pane: QRectF) -> None:
+        """A dashed outline, dark under light, readable on any photo, and a "Preview" tab."""
+        if self._preview_rect is None:
+            return
+        box = self.image_to_widget(self._preview_rect, pane).adjusted(-1, -1, 1, 1)
+        painter.save()
+        painter.setClipRect(pane)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, False)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.setPen(QPen(QColor(0, 0, 0, 160), 3))
+        painter.drawRect(box)
+        pen = QPen(PREVIEW_COLOUR, 1, Qt.PenStyle.DashLine)
+        painter.setPen(pen)
+        painter.drawRect(box)
+        metrics = painter.fontMetrics()
+        text = "Preview region" if self._patch is None else "Preview"
+        tab = QRectF(box.left(), box.top() - metrics.height() - 4, metrics.horizontalAdvance(text) + 10,
+                     metrics.height() + 4)
+        if tab.top() < pane.top():  # no room above: inside the top edge
+            tab.moveTop(box.top() + 2)
+        path = QPainterPath()
+        path.addRoundedRect(tab, 3, 3)
+        painter.fillPath(path, QColor(0, 0, 0, 170))
+        painter.setPen(PREVIEW_COLOUR)
+        painter.drawText(tab, Qt.AlignmentFlag.AlignCenter, text)
+        painter.restore()
 
     def _paint_divider(self, painter: QPainter, x: float) -> None:
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)

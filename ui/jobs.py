@@ -195,6 +195,7 @@ class BatchJob(Job):
     """The batch loop (restorer.batch.loop.run_batch) with per-file signals for the queue table."""
 
     itemChanged = Signal(int)  # index into items
+    fileProgress = Signal(int, float)  # index into items, the fraction of that file's plan done
 
     def __init__(self, items: list, plan: Plan, output: Output, parent=None):
         super().__init__(parent)
@@ -224,6 +225,7 @@ class BatchJob(Job):
         def on_tiles(index: int, done: int, total_tiles: int) -> None:
             steps.follow_tiles(done, total_tiles)
             files.update(steps.fraction)
+            self.fileProgress.emit(index, steps.fraction)
             self.report_clock(files, what(index))
 
         finished = run_batch(self.items, self.plan, self.output, cancel=self.cancel_event, on_item=on_item,

@@ -8,14 +8,15 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QImage, QKeySequence
+from PySide6.QtCore import QRectF, Qt, QTimer
+from PySide6.QtGui import QAction, QActionGroup, QFont, QFontMetrics, QGuiApplication, QImage, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -24,26 +25,51 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QSplitter,
+    QStackedWidget,
+    QStyle,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 from restorer_ui.compare_view import CompareView
 from restorer_ui.imageconv import Pyramid, from_qimage, to_display
-from restorer_ui.jobs import CallJob, Job, LoadJob, RestoreJob, RestoreResult
+from restorer_ui.jobs import CallJob, Job, LoadJob, PreviewJob, PreviewResult, RestoreJob, RestoreResult
 from restorer_ui.request_panel import RequestPanel
-from restorer_ui.settings import AppSettings, SettingsDialog
+from restorer_ui.settings import VIEW_MODES, AppSettings, SettingsDialog, apply_theme
 
 from restorer.io import imaging
 from restorer.plan import request
 from restorer.run.loader import RunnerCache, make_runnable
+from restorer.tasks import TASKS
 from restorer.zoo import download
 from restorer.zoo.catalog import Catalog, load_catalog
 
 OPEN_FILTER = "Images (*.png *.jpg *.jpeg *.jpe *.webp *.tif *.tiff *.bmp);;All files (*)"
 SAVE_FORMATS = ("png", "jpg", "webp", "tiff", "bmp")
+PREVIEW_SIDE = 512  # the default preview region: a square this many image pixels wide, at the centre
+PREVIEW_DELAY_MS = 250  # a change re-runs the preview once it has rested this long
+SIDE_WIDTH = 360
+MESSAGE_LINES = 4  # the message box's height, in lines; longer messages scroll inside it
+NO_ZOOM = "—"
+MODE_LABELS = {"split": "Slider", "side": "Side by side", "diff": "Difference"}
+MODE_KEYS = {"split": "Ctrl+2", "side": "Ctrl+3", "diff": "Ctrl+4"}
+# A little on top of Fusion: the Restore button stands out, the bars are set apart.
+STYLE = """
+QPushButton#primary { font-weight: bold; padding: 5px 14px; border-radius: 4px;
+    background: palette(highlight); color: palette(highlighted-text); border: 1px solid palette(dark); }
+QPushButton#primary:disabled { background: palette(button); color: #8a8a8a; border: 1px solid palette(mid); }
+QPushButton#primary:pressed { background: palette(dark); }
+QToolButton:checked { background: palette(highlight); color: palette(highlighted-text);
+    border: 1px solid palette(dark); border-radius: 3px; padding: 3px 8px; }
+QPushButton#preview:checked { background: palette(base); border: 2px solid palette(highlight); border-radius: 4px;
+    padding: 4px 12px; font-weight: bold; }
+QFrame#actionBar { border-top: 1px solid palette(mid); }
+QWidget#viewBar { border-bottom: 1px solid palette(mid); }
+QLabel#heading { font-weight: bold; }
+"""
 
 
 def format_seconds(seconds: float) -> str:
@@ -106,6 +132,13 @@ class SaveDialog(QDialog):
 
 
 class MainWindow(QMainWindow):
+    """Layout: the side panel (`side`) holds the photo's name, the request in a scroll area
+    (`controls_area`) and a fixed bar at the bottom (`action_bar`: strength, Preview /
+    Restore / Cancel in `actions_layout`, progress, messages, Save), so what grows above never
+    moves a button under the pointer. The right side is a vertical splitter (`view_splitter`)
+    whose first pane is the view bar over a stack of views (`view_stack`, the CompareView
+    first)."""
+
     def __init__(self, settings: AppSettings | None = None, catalog: Catalog | None = None):
         super().__init__()
         from restorer_ui.icon import app_icon
@@ -122,145 +155,259 @@ class MainWindow(QMainWindow):
         self.save_job: Job | None = None
         self.batch_window = None
         self.models_window = None
+        # Region preview: one job at a time; a change while it runs asks for one more run.
+        self.preview_job: PreviewJob | None = None
+        self.preview_result: PreviewResult | None = None
+        self.preview_runs = 0  # preview jobs started
+        self._preview_key: tuple | None = None  # (plan, box) of the preview shown
+        self._preview_again = False
+        self._restore_after_preview = False
+        self._restoring_key: str | None = None  # the plan of the restore running, then of self.result
+        self._result_key: str | None = None
+        self._preview_timer = QTimer(self, singleShot=True, interval=PREVIEW_DELAY_MS)
+        self._preview_timer.timeout.connect(self.run_preview)
         self.setWindowTitle("Restorer")
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
+        apply_theme(self.settings.theme)
         self._build()
         self._build_menus()
+        self._restore_settings()
         self._set_busy(False)
-        self.resize(1280, 800)
 
     # ------------------------------------------------------------ layout
 
     def _build(self) -> None:
-        side = QWidget()
-        side_layout = QVBoxLayout(side)
-        self.open_button = QPushButton("Open photo...")
+        self.setStyleSheet(STYLE)
+        self.side = QWidget()
+        self.side.setObjectName("sidePanel")
+        self.side.setMinimumWidth(SIDE_WIDTH - 40)
+        self.side_layout = QVBoxLayout(self.side)
+        self.side_layout.setContentsMargins(10, 10, 10, 8)
+        self.side_layout.setSpacing(8)
+
+        header = QHBoxLayout()
+        self.open_button = QPushButton("Open photo…")
+        self.open_button.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_DialogOpenButton))
+        self.open_button.setToolTip("Open a photo (Ctrl+O); or drop one on the window, or paste it (Ctrl+V)")
         self.open_button.clicked.connect(self.open_dialog)
-        side_layout.addWidget(self.open_button)
+        header.addWidget(self.open_button)
+        header.addStretch(1)
+        self.side_layout.addLayout(header)
         self.file_label = QLabel("No photo open")
-        self.file_label.setWordWrap(True)
-        side_layout.addWidget(self.file_label)
+        self.file_label.setTextFormat(Qt.TextFormat.RichText)
+        # Ignored: a long file name must not widen the panel (the tooltip keeps it whole)
+        self.file_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.side_layout.addWidget(self.file_label)
 
-        self.request = RequestPanel(self._options, self.catalog)
-        self.request.planChanged.connect(lambda ok: self._set_busy(self.is_busy()))
-        side_layout.addWidget(self.request)
+        self.request = RequestPanel(self._options, self.catalog, strength_in_form=False)
+        self.request.planChanged.connect(self._plan_changed)
+        self.controls_area = QScrollArea()
+        self.controls_area.setWidget(self.request)
+        self.controls_area.setWidgetResizable(True)
+        self.controls_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.controls_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.side_layout.addWidget(self.controls_area, 1)
+        self.side_layout.addWidget(self._build_action_bar())
 
-        buttons = QHBoxLayout()
+        self.view_bar = self._build_view_bar()
+        self.view = CompareView()
+        self.view.zoomChanged.connect(self._zoom_changed)
+        self.view.previewRectMoved.connect(self._preview_rect_moved)
+        self.view_stack = QStackedWidget()
+        self.view_stack.addWidget(self.view)
+        view_area = QWidget()
+        view_layout = QVBoxLayout(view_area)
+        view_layout.setContentsMargins(0, 0, 0, 0)
+        view_layout.setSpacing(0)
+        view_layout.addWidget(self.view_bar)
+        view_layout.addWidget(self.view_stack, 1)
+        self.view_splitter = QSplitter(Qt.Orientation.Vertical)
+        self.view_splitter.setChildrenCollapsible(False)
+        self.view_splitter.addWidget(view_area)
+
+        self.splitter = QSplitter()
+        self.splitter.addWidget(self.side)
+        self.splitter.addWidget(self.view_splitter)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setCollapsible(0, False)
+        self.splitter.setSizes([SIDE_WIDTH, 1280 - SIDE_WIDTH])
+        self.setCentralWidget(self.splitter)
+        self.device_label = QLabel()
+        self.statusBar().addPermanentWidget(self.device_label)
+        self._show_device()
+        self._zoom_changed(self.view.zoom)
+
+    def _build_action_bar(self) -> QFrame:
+        """The bottom of the side panel, of fixed height: nothing above it moves what is in it."""
+        self.action_bar = QFrame()
+        self.action_bar.setObjectName("actionBar")
+        self.action_bar.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+        self.action_layout = QVBoxLayout(self.action_bar)
+        self.action_layout.setContentsMargins(0, 8, 0, 0)
+        self.action_layout.setSpacing(6)
+        self.action_layout.addWidget(self.request.strength_row)
+
+        self.actions_layout = QHBoxLayout()
+        self.preview_button = QPushButton("Preview")
+        self.preview_button.setObjectName("preview")
+        self.preview_button.setCheckable(True)
+        bold = QFont(self.preview_button.font())
+        bold.setBold(True)
+        # room for its bold checked text, in a width that never changes: Restore beside it stays put
+        self.preview_button.setFixedWidth(QFontMetrics(bold).horizontalAdvance("Preview") + 40)
+        self.preview_button.setToolTip("Try the plan on the region in the dashed outline only (P); drag the outline "
+                                       "to move it, Shift-drag to draw another")
         self.restore_button = QPushButton("Restore")
+        self.restore_button.setObjectName("primary")
         self.restore_button.setDefault(True)
         self.restore_button.clicked.connect(self.start_restore)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.restore_button, 1)
-        buttons.addWidget(self.cancel_button)
-        side_layout.addLayout(buttons)
+        self.actions_layout.addWidget(self.preview_button)
+        self.actions_layout.addWidget(self.restore_button, 1)
+        self.actions_layout.addWidget(self.cancel_button)
+        self.action_layout.addLayout(self.actions_layout)
+
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(False)
-        side_layout.addWidget(self.progress)
+        self.progress.setFixedHeight(8)
+        self.action_layout.addWidget(self.progress)
+        status = QHBoxLayout()
         self.progress_label = QLabel()
-        self.progress_label.setWordWrap(True)
-        side_layout.addWidget(self.progress_label)
         self.eta_label = QLabel()
-        side_layout.addWidget(self.eta_label)
+        for label in (self.progress_label, self.eta_label):
+            # one line, whatever its length: a long line is cut rather than moving the buttons
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+            label.setFixedHeight(self.fontMetrics().lineSpacing() + 2)
+        status.addWidget(self.progress_label, 3)
+        status.addWidget(self.eta_label, 1, Qt.AlignmentFlag.AlignRight)
+        self.action_layout.addLayout(status)
+
         self.message = QLabel()
         self.message.setWordWrap(True)
         self.message.setTextFormat(Qt.TextFormat.RichText)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        side_layout.addWidget(self.message)
+        self.message.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.message_area = QScrollArea()
+        self.message_area.setWidget(self.message)
+        self.message_area.setWidgetResizable(True)
+        self.message_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.message_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.message_area.setFixedHeight(self.fontMetrics().lineSpacing() * MESSAGE_LINES + 4)
+        self.action_layout.addWidget(self.message_area)
+
         save_row = QHBoxLayout()
         self.save_button = QPushButton("Save")
+        self.save_button.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_DialogSaveButton))
         self.save_button.clicked.connect(self.save)
-        self.save_as_button = QPushButton("Save as...")
+        self.save_as_button = QPushButton("Save as…")
         self.save_as_button.clicked.connect(self.save_as)
-        save_row.addWidget(self.save_button)
-        save_row.addWidget(self.save_as_button)
-        side_layout.addLayout(save_row)
-        side_layout.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidget(side)
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumWidth(300)
+        save_row.addWidget(self.save_button, 1)
+        save_row.addWidget(self.save_as_button, 1)
+        self.action_layout.addLayout(save_row)
+        return self.action_bar
 
-        right = QWidget()
-        right_layout = QVBoxLayout(right)
-        right_layout.setContentsMargins(0, 0, 0, 0)
-        right_layout.setSpacing(2)
-        bar = QHBoxLayout()
-        bar.setContentsMargins(6, 4, 6, 0)
+    def _build_view_bar(self) -> QWidget:
+        bar = QWidget()
+        bar.setObjectName("viewBar")
+        row = QHBoxLayout(bar)
+        row.setContentsMargins(8, 4, 8, 4)
+        row.setSpacing(2)
         self.mode_buttons = {}
-        for mode, label in (("split", "Split"), ("side", "Side by side"), ("diff", "Difference")):
+        for mode in VIEW_MODES:
             b = QToolButton()
-            b.setText(label)
+            b.setText(MODE_LABELS[mode])
             b.setCheckable(True)
             b.setAutoExclusive(True)
+            b.setToolTip(f"{MODE_LABELS[mode]} ({MODE_KEYS[mode]}; C cycles)")
             b.clicked.connect(lambda _=False, m=mode: self.set_view_mode(m))
-            bar.addWidget(b)
+            row.addWidget(b)
             self.mode_buttons[mode] = b
         self.mode_buttons["split"].setChecked(True)
-        bar.addStretch(1)
-        for label, slot in (("Fit", lambda: self.view.fit()), ("100%", lambda: self.view.actual_size()),
-                            ("-", lambda: self.view.zoom_by(0.8)), ("+", lambda: self.view.zoom_by(1.25))):
+        row.addStretch(1)
+        self.zoom_buttons = []
+        for label, tip, slot in (("Fit", "Fit the photo (Ctrl+0)", lambda: self.view.fit()),
+                                 ("100%", "One image pixel per screen pixel (Ctrl+1)", lambda: self.view.actual_size()),
+                                 ("−", "Zoom out (Ctrl+-)", lambda: self.view.zoom_by(0.8)),
+                                 ("+", "Zoom in (Ctrl++)", lambda: self.view.zoom_by(1.25))):
             b = QToolButton()
             b.setText(label)
+            b.setToolTip(tip)
             b.clicked.connect(slot)
-            bar.addWidget(b)
-        self.zoom_label = QLabel("100%")
-        self.zoom_label.setMinimumWidth(50)
-        bar.addWidget(self.zoom_label)
-        right_layout.addLayout(bar)
-        self.view = CompareView()
-        self.view.zoomChanged.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
-        right_layout.addWidget(self.view, 1)
-
-        splitter = QSplitter()
-        splitter.addWidget(scroll)
-        splitter.addWidget(right)
-        splitter.setStretchFactor(1, 1)
-        splitter.setSizes([340, 940])
-        self.setCentralWidget(splitter)
-        self.device_label = QLabel()
-        self.statusBar().addPermanentWidget(self.device_label)
-        self._show_device()
+            row.addWidget(b)
+            self.zoom_buttons.append(b)
+        self.zoom_label = QLabel(NO_ZOOM)
+        self.zoom_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.zoom_label.setFixedWidth(self.fontMetrics().horizontalAdvance("3200%") + 12)
+        row.addWidget(self.zoom_label)
+        return bar
 
     def _build_menus(self) -> None:
         menu = self.menuBar().addMenu("&File")
-        self._action(menu, "&Open...", self.open_dialog, QKeySequence.StandardKey.Open)
+        self.open_action = self._action(menu, "&Open…", self.open_dialog, "Ctrl+O")
         self.recent_menu = menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         self._action(menu, "&Paste image", self.paste, QKeySequence.StandardKey.Paste)
         menu.addSeparator()
-        self.save_action = self._action(menu, "&Save", self.save, QKeySequence.StandardKey.Save)
-        self.save_as_action = self._action(menu, "Save &as...", self.save_as, QKeySequence.StandardKey.SaveAs)
+        self.save_action = self._action(menu, "&Save", self.save, "Ctrl+S")
+        self.save_as_action = self._action(menu, "Save &as…", self.save_as, "Ctrl+Shift+S")
         menu.addSeparator()
-        self._action(menu, "&Batch (folders)...", self.open_batch, "Ctrl+B")
+        self._action(menu, "&Batch (folders)…", self.open_batch, "Ctrl+B")
         menu.addSeparator()
-        self._action(menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self._action(menu, "&Quit", self.close, "Ctrl+Q")
+
+        menu = self.menuBar().addMenu("&Restore")
+        self.preview_action = self._action(menu, "&Preview region", None, "P")
+        self.preview_action.setCheckable(True)
+        self.preview_action.toggled.connect(self.set_preview)
+        # the button and the action are one switch
+        self.preview_button.toggled.connect(self.preview_action.setChecked)
+        self.preview_action.toggled.connect(self.preview_button.setChecked)
+        self.restore_action = self._action(menu, "&Restore the whole photo", self.start_restore, "Ctrl+Return")
+        self.restore_action.setShortcuts([QKeySequence("Ctrl+Return"), QKeySequence("Ctrl+Enter")])
+        self.cancel_action = self._action(menu, "&Cancel", self.cancel, "Esc")
 
         menu = self.menuBar().addMenu("&View")
-        self._action(menu, "&Fit", self.view.fit, "Ctrl+0")
-        self._action(menu, "&100%", self.view.actual_size, "Ctrl+1")
-        self._action(menu, "Zoom &in", lambda: self.view.zoom_by(1.25), QKeySequence.StandardKey.ZoomIn)
-        self._action(menu, "Zoom &out", lambda: self.view.zoom_by(0.8), QKeySequence.StandardKey.ZoomOut)
+        self.fit_action = self._action(menu, "&Fit", self.view.fit, "Ctrl+0")
+        self.actual_size_action = self._action(menu, "&100%", self.view.actual_size, "Ctrl+1")
+        self.zoom_in_action = self._action(menu, "Zoom &in", lambda: self.view.zoom_by(1.25), "Ctrl++")
+        self.zoom_in_action.setShortcuts([QKeySequence("Ctrl++"), QKeySequence("Ctrl+=")])
+        self.zoom_out_action = self._action(menu, "Zoom &out", lambda: self.view.zoom_by(0.8), "Ctrl+-")
         menu.addSeparator()
         group = QActionGroup(self)
-        for key, (mode, label) in enumerate((("split", "&Split"), ("side", "Side &by side"), ("diff", "&Difference")), 2):
-            action = self._action(menu, label, lambda _=False, m=mode: self.set_view_mode(m), f"Ctrl+{key}")
+        self.mode_actions = {}
+        for mode in VIEW_MODES:
+            action = self._action(menu, MODE_LABELS[mode], lambda _=False, m=mode: self.set_view_mode(m),
+                                  MODE_KEYS[mode])
             action.setCheckable(True)
             action.setChecked(mode == "split")
             group.addAction(action)
+            self.mode_actions[mode] = action
+        self.cycle_view_action = self._action(menu, "&Next comparison", self.cycle_view_mode, "C")
+        menu.addSeparator()
+        themes = menu.addMenu("&Theme")
+        group = QActionGroup(self)
+        self.theme_actions = {}
+        for theme, label in (("system", "Follow the &system"), ("light", "&Light"), ("dark", "&Dark")):
+            action = themes.addAction(label)
+            action.setCheckable(True)
+            action.triggered.connect(lambda _=False, t=theme: self.set_theme(t))
+            group.addAction(action)
+            self.theme_actions[theme] = action
+        self.theme_actions[self.settings.theme].setChecked(True)
 
         menu = self.menuBar().addMenu("&Tools")
-        self._action(menu, "&Models...", self.open_models, "Ctrl+M")
-        self._action(menu, "&Settings...", self.open_settings, QKeySequence.StandardKey.Preferences)
+        self._action(menu, "&Models…", self.open_models, "Ctrl+M")
+        self._action(menu, "&Settings…", self.open_settings, "Ctrl+,")
 
     def _action(self, menu, text, slot, shortcut=None) -> QAction:
         action = QAction(text, self)
         if shortcut is not None:
             action.setShortcut(QKeySequence(shortcut))
-        action.triggered.connect(slot)
+        if slot is not None:
+            action.triggered.connect(slot)
         menu.addAction(action)
         return action
 
@@ -270,6 +417,32 @@ class MainWindow(QMainWindow):
     def _show_device(self) -> None:
         self.device_label.setText(f"Device: {self.settings.device}; tile: {self.settings.tile or 'auto'}")
 
+    # ------------------------------------------------------------ what is remembered
+
+    def _restore_settings(self) -> None:
+        """The window as it was left: size and place, the request, the strength, the view."""
+        if not self.restoreGeometry(self.settings.geometry):
+            self.resize(1280, 800)
+        self.set_view_mode(self.settings.view_mode)
+        self.request.set_strength(self.settings.strength)
+        last = self.settings.last_request
+        if last["mode"] == "instruction" and last["instruction"].strip():
+            self.request.set_instruction(last["instruction"])
+        elif last["task"] in TASKS:
+            self.request.set_task(last["task"], last["model"])
+
+    def _remember_request(self) -> None:
+        r = self.request
+        r_model = r.model.currentData() or ""
+        self.settings.remember_request(r.mode, r.task.currentData(), r_model, r.instruction.text())
+        value = r.strength_value()
+        self.settings.strength = None if value is None else round(value * 100)
+
+    def set_theme(self, theme: str) -> None:
+        self.settings.theme = theme
+        apply_theme(theme)
+        self.theme_actions[theme].setChecked(True)
+
     # ------------------------------------------------------------ state
 
     def is_busy(self) -> bool:
@@ -277,17 +450,28 @@ class MainWindow(QMainWindow):
 
     def _set_busy(self, busy: bool) -> None:
         missing = self.request.missing
-        self.restore_button.setEnabled(not busy and self.source is not None and (self.request.ok or missing is not None))
+        can_restore = not busy and self.source is not None and (self.request.ok or missing is not None)
+        self.restore_button.setEnabled(can_restore)
         self.restore_button.setText("Download and restore" if missing is not None else "Restore")
-        self.restore_button.setToolTip(f"{missing.offer()}: downloaded once, then used at once" if missing else "")
-        self.cancel_button.setEnabled(busy)
+        self.restore_button.setToolTip(f"{missing.offer()}: downloaded once, then used at once" if missing
+                                       else "Run the plan on the whole photo (Ctrl+Enter)")
+        can_cancel = busy or self.preview_job is not None
+        self.cancel_button.setEnabled(can_cancel)
         self.open_button.setEnabled(not busy)
+        self.preview_button.setEnabled(self.source is not None)
         can_save = self.result is not None and self.save_job is None
         for w in (self.save_button, self.save_as_button):
             w.setEnabled(can_save)
         if hasattr(self, "save_action"):
             self.save_action.setEnabled(can_save)
             self.save_as_action.setEnabled(can_save)
+            self.restore_action.setEnabled(can_restore)
+            self.cancel_action.setEnabled(can_cancel)
+            self.preview_action.setEnabled(self.source is not None)
+            for action in (self.fit_action, self.actual_size_action, self.zoom_in_action, self.zoom_out_action):
+                action.setEnabled(self.view.has_image())
+        for b in self.zoom_buttons:
+            b.setEnabled(self.view.has_image())
 
     def show_error(self, text: str) -> None:
         self.message.setText(f'<span style="color:#c0392b">{html.escape(text)}</span>')
@@ -298,6 +482,126 @@ class MainWindow(QMainWindow):
     def set_view_mode(self, mode: str) -> None:
         self.view.set_mode(mode)
         self.mode_buttons[mode].setChecked(True)
+        if hasattr(self, "mode_actions"):
+            self.mode_actions[mode].setChecked(True)
+        self.settings.view_mode = mode
+
+    def cycle_view_mode(self) -> None:
+        """Slider -> side by side -> difference -> slider (C)."""
+        self.set_view_mode(VIEW_MODES[(VIEW_MODES.index(self.view.mode) + 1) % len(VIEW_MODES)])
+
+    def _zoom_changed(self, zoom: float) -> None:
+        # no photo: no zoom to speak of (a 1x1 canvas would read 3200%)
+        self.zoom_label.setText(f"{zoom * 100:.0f}%" if self.view.has_image() else NO_ZOOM)
+
+    def _plan_changed(self, ok: bool) -> None:
+        self._set_busy(self.is_busy())
+        self._remember_request()
+        if self.preview_action.isChecked():
+            self._preview_timer.start()  # debounced: a slider drag re-runs once it rests
+
+    # ------------------------------------------------------------ region preview
+
+    def default_preview_rect(self) -> QRectF:
+        """A PREVIEW_SIDE square at the centre of the photo, cut to the photo."""
+        w, h = min(PREVIEW_SIDE, self.source.width), min(PREVIEW_SIDE, self.source.height)
+        return QRectF((self.source.width - w) // 2, (self.source.height - h) // 2, w, h)
+
+    def preview_box(self) -> tuple[int, int, int, int] | None:
+        """The preview region as restore_region takes it: (x0, y0, x1, y1), x1 and y1 exclusive."""
+        r = self.view.preview_rect()
+        if r is None:
+            return None
+        return int(r.left()), int(r.top()), int(r.right()), int(r.bottom())
+
+    def set_preview(self, on: bool) -> None:
+        """Preview on: the region's outline on the photo and the plan run on it alone, again
+        whenever the plan or the region changes. Off: the outline and the preview go."""
+        if on and self.source is None:
+            self.preview_action.setChecked(False)
+            self.show_error("open a photo first")
+            return
+        if not on:
+            self._stop_preview()
+            return
+        if self.view.preview_rect() is None:
+            rect = self.default_preview_rect()
+            self.view.set_preview_rect(rect)
+            if self.view.zoom * self.view.image_scale() < 1.0:  # the photo is shown reduced: see the region as it is
+                self.view.show_region(rect)
+        self.run_preview()
+
+    def _stop_preview(self) -> None:
+        self._preview_timer.stop()
+        self._preview_again = False
+        if self.preview_job is not None:
+            self.preview_job.cancel()
+        self.preview_result, self._preview_key = None, None
+        self.view.set_preview_result(None)
+        self.view.set_preview_rect(None)
+        self._set_busy(self.is_busy())
+
+    def _preview_rect_moved(self, rect: QRectF) -> None:
+        if self.preview_action.isChecked():
+            self._preview_timer.start()
+
+    def run_preview(self) -> None:
+        """Run the current plan on the preview region (PreviewJob), unless that is what is shown."""
+        self._preview_timer.stop()
+        box = self.preview_box()
+        if not self.preview_action.isChecked() or self.source is None or box is None or self.is_busy():
+            return  # a load or restore ending schedules the preview again
+        if self.preview_job is not None:  # one at a time: the newest request runs when this one ends
+            self._preview_again = True
+            self.preview_job.cancel()
+            return
+        try:
+            plan = self.request.resolve_plan()
+        except request.ModelMissing as e:
+            self.show_info(f"The preview needs a download first ({e.offer()}): press Download and restore.")
+            return
+        except request.RequestError:
+            return  # the plan box says what is wrong
+        plan_key = repr(plan.entries())
+        if self.result is not None and plan_key == self._result_key:
+            # the whole photo was restored with this plan: the after side already shows it
+            self.preview_result, self._preview_key = None, None
+            self.view.set_preview_result(None)
+            return
+        key = (plan_key, box)
+        if key == self._preview_key and self.preview_result is not None:
+            return
+        self.runners.keep_only({step.model for step in plan.steps})
+        job = PreviewJob(self.source, plan, self.runners, box, self)
+        source = self.source
+        job.hook(job.progress, lambda fraction, left, text: self.progress_label.setText(text))
+        job.hook(job.succeeded, lambda result, key=key, source=source: self._previewed(result, key, source))
+        job.hook(job.failed, lambda m: self.show_error(f"preview failed: {m}"))
+        job.hook(job.ended, self._preview_ended)
+        self.preview_job = job
+        self.preview_runs += 1
+        self._set_busy(self.is_busy())
+        job.start()
+
+    def _previewed(self, result: PreviewResult, key: tuple, source) -> None:
+        if source is not self.source or not self.preview_action.isChecked():
+            return  # another photo was opened, or the preview turned off, meanwhile
+        self.preview_result, self._preview_key = result, key
+        x0, y0, x1, y1 = result.box
+        self.view.set_preview_result(result.pyramid, QRectF(x0, y0, x1 - x0, y1 - y0))
+        self.progress_label.setText(f"Preview: {x1 - x0} x {y1 - y0} in {result.seconds:.1f} s")
+        self.show_info("The outlined region shows the plan's result (drag the divider across it to compare). "
+                       "Restore runs it on the whole photo.")
+
+    def _preview_ended(self) -> None:
+        self.preview_job = None
+        if self._restore_after_preview:
+            self._restore_after_preview = False
+            self.start_restore()
+        elif self._preview_again:
+            self._preview_again = False
+            self.run_preview()
+        self._set_busy(self.is_busy())
 
     # ------------------------------------------------------------ opening
 
@@ -311,6 +615,8 @@ class MainWindow(QMainWindow):
         if self.is_busy():
             self.show_error("wait for the current run to finish, or cancel it")
             return
+        if self.preview_job is not None:
+            self.preview_job.cancel()  # it was for the photo being replaced
         path = Path(path)
         self.show_info(f"Opening {path.name}...")
         job = LoadJob(path, self)
@@ -323,10 +629,16 @@ class MainWindow(QMainWindow):
 
     def _loaded(self, path: Path | None, image: imaging.Image, pyramid: Pyramid) -> None:
         self.source, self.source_path, self.result, self.save_path = image, path, None, None
-        self.view.set_before(pyramid)
+        self._result_key, self.preview_result, self._preview_key = None, None, None
+        self.view.set_before(pyramid)  # fitted; any region and preview of the last photo go
+        if self.preview_action.isChecked():
+            self.view.set_preview_rect(self.default_preview_rect())
+            self._preview_timer.start()
         name = path.name if path else "pasted image"
         depth = f"{image.meta.bit_depth}-bit" + (" gray" if image.meta.gray else "")
-        self.file_label.setText(f"<b>{html.escape(name)}</b><br>{image.width} x {image.height}, {depth}")
+        shown = self.fontMetrics().elidedText(name, Qt.TextElideMode.ElideMiddle, SIDE_WIDTH - 40)
+        self.file_label.setText(f"<b>{html.escape(shown)}</b><br>{image.width} x {image.height}, {depth}")
+        self.file_label.setToolTip(str(path) if path else "")
         self.setWindowTitle(f"{name} - Restorer")
         self.show_info(" ".join(image.meta.notes))
         self.progress.setValue(0)
@@ -339,12 +651,19 @@ class MainWindow(QMainWindow):
         self.show_error(message)
 
     def _fill_recent(self) -> None:
+        """The photos opened last, newest first; one that is gone is shown, greyed."""
         self.recent_menu.clear()
         for path in self.settings.recent:
-            action = self.recent_menu.addAction(path)
+            p = Path(path)
+            action = self.recent_menu.addAction(f"{p.name}  —  {p.parent}")
+            action.setToolTip(path)
+            action.setEnabled(p.is_file())
             action.triggered.connect(lambda _=False, p=path: self.open_path(p))
         if self.recent_menu.isEmpty():
             self.recent_menu.addAction("(none)").setEnabled(False)
+        else:
+            self.recent_menu.addSeparator()
+            self.recent_menu.addAction("Clear the list", self.settings.clear_recent)
 
     def paste(self) -> None:
         data = QGuiApplication.clipboard().mimeData()
@@ -388,6 +707,11 @@ class MainWindow(QMainWindow):
         if self.source is None:
             self.show_error("open a photo first")
             return
+        if self.preview_job is not None:
+            # the two share the runners: the restore starts once the preview has stopped
+            self._restore_after_preview, self._preview_again = True, False
+            self.preview_job.cancel()
+            return
         try:
             plan = self.request.resolve_plan()
         except request.ModelMissing as e:
@@ -399,6 +723,7 @@ class MainWindow(QMainWindow):
             return
         # The window owns the runners: kept while the plan's models stay, released when they change.
         self.runners.keep_only({step.model for step in plan.steps})
+        self._restoring_key = repr(plan.entries())
         job = RestoreJob(self.source, plan, self.runners, self)
         job.hook(job.progress, self._progress)
         job.hook(job.note, lambda text: self.statusBar().showMessage(text, 10000))
@@ -453,6 +778,9 @@ class MainWindow(QMainWindow):
         if self.job is not None:
             self.job.cancel()
             self.progress_label.setText("Cancelling after the current tile...")
+        elif self.preview_job is not None:
+            self._preview_again = self._restore_after_preview = False
+            self.preview_job.cancel()
 
     def _progress(self, fraction: float, left: float, text: str) -> None:
         self.progress.setValue(int(fraction * 1000))
@@ -462,6 +790,9 @@ class MainWindow(QMainWindow):
     def _restored(self, result: RestoreResult) -> None:
         self.result = result.image
         self.save_path = None
+        self._result_key = self._restoring_key
+        self.preview_result, self._preview_key = None, None
+        self.view.set_preview_result(None)  # the whole result now shows what the preview did
         self.view.set_after(result.pyramid)
         self.progress_label.setText("Done.")
         lines = [f"Restored in {result.seconds:.1f} s: {result.image.width} x {result.image.height}"]
@@ -475,6 +806,8 @@ class MainWindow(QMainWindow):
         self.job = None
         self.eta_label.clear()
         self._set_busy(False)
+        if self.preview_action.isChecked():
+            self._preview_timer.start()  # what changed while it ran
 
     # ------------------------------------------------------------ saving
 
@@ -578,12 +911,18 @@ class MainWindow(QMainWindow):
     def open_settings(self) -> None:
         if SettingsDialog(self.settings, self).exec() == QDialog.DialogCode.Accepted:
             self._show_device()
+            self.set_theme(self.settings.theme)
             self.request.schedule()
 
     def closeEvent(self, event):
-        for job in (self.job, self.save_job):
+        self._preview_timer.stop()
+        for job in (self.job, self.save_job, self.preview_job):
             if job is not None:
                 job.cancel()
+        if self.preview_job is not None and self.preview_job.thread is not None:
+            self.preview_job.thread.join(timeout=10)  # it uses the runners cleared below
+        self.settings.geometry = self.saveGeometry()
+        self._remember_request()
         if self.save_job is not None and self.save_job.thread is not None:
             self.save_job.thread.join(timeout=30)  # never leave a half-written file behind
         if self.job is None:

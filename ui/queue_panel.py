@@ -51,38 +51,19 @@ class QueueRow:
 
 
 class _QueueJob(BatchJob):
-    """BatchJob with per-file signals for the rows.
-
-    BatchJob's itemChanged carries an index and the rows read the shared Item later, when its
-    status may already have moved on; here a snapshot is taken in the worker thread as the
-    signal is emitted. BatchJob reports one fraction for the whole run, (files started - 1 +
-    tiles done / tiles) / files, with every file pending at the start; the running file's own
-    share is recovered from it here, in the worker thread, where the count of files started
-    is current."""
+    """BatchJob with a snapshot of each file's state for the rows: BatchJob's itemChanged
+    carries an index and the rows would read the shared Item later, when its status may
+    already have moved on; here the snapshot is taken in the worker thread as it changes."""
 
     fileChanged = Signal(int, str, str)  # index, status, error
-    fileProgress = Signal(int, float)  # index, fraction of its tiles done
 
     def __init__(self, items: list, plan: Plan, output: Output, parent=None):
         super().__init__(items, plan, output, parent)
-        self._started = 0
-        self._current = -1
         self.itemChanged.connect(self._snapshot, Qt.ConnectionType.DirectConnection)
 
     def _snapshot(self, index: int) -> None:
         item = self.items[index]
-        if item.status == "running":
-            self._started += 1
-            self._current = index
-        elif index == self._current:
-            self._current = -1
         self.fileChanged.emit(index, item.status, item.error)
-
-    def report(self, fraction: float, text: str) -> None:
-        super().report(fraction, text)
-        if self._current >= 0:
-            share = fraction * len(self.items) - (self._started - 1)
-            self.fileProgress.emit(self._current, min(1.0, max(0.0, share)))
 
 
 class QueuePanel(QWidget):

@@ -1,5 +1,9 @@
 """What to do to a photo: a task and a model, or an instruction in words, with the plan that
-will run shown live underneath (the same resolve_* calls the CLI makes)."""
+will run shown live underneath in plain words (restorer.plan.describe; the engine's words are
+in its tooltip), resolved by the same calls the CLI makes.
+
+The strength slider is a row of its own (`strength_row`): the main window keeps it in its
+fixed bottom bar, where it never moves; other windows leave it in the panel's form."""
 
 from __future__ import annotations
 
@@ -14,17 +18,22 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
     QRadioButton,
+    QScrollArea,
+    QSlider,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from restorer.plan import request
+from restorer.plan.describe import DASH, describe_step
+from restorer.run.builtin import BUILTIN_TASKS, DEFAULT_STRENGTH
 from restorer.tasks import TASKS
 from restorer.zoo.catalog import Catalog, human_size, load_catalog
 
@@ -34,24 +43,28 @@ TASK_LABELS = {
     "jpeg": "Remove JPEG artefacts", "old-photo": "Repair an old photo", "remove-text": "Remove text",
 }
 AUTO = ""  # the model combo's "best installed" entry
-STRENGTHS = (("Automatic", None), ("Gentle", 0.3), ("Medium", 0.6), ("Strong", 1.0))
 STRENGTH_TASKS = ("denoise", "dehaze", "lowlight", "superres")  # the built-in operators take a strength
+PLAN_LINES = 6  # the plan box shows this many lines, then scrolls: its height never changes
+ERROR_COLOUR = "#c0392b"
 
 
 class RequestPanel(QWidget):
     planChanged = Signal(bool)  # True when the current request resolves to steps
 
-    def __init__(self, options: Callable[..., request.Options], catalog: Catalog | None = None, parent=None):
+    def __init__(self, options: Callable[..., request.Options], catalog: Catalog | None = None, parent=None,
+                 strength_in_form: bool = True):
         super().__init__(parent)
         self.options = options  # settings -> Options, called with scale=
         self.catalog = catalog or load_catalog()
         self.ok = False
         self.missing: request.ModelMissing | None = None  # the plan needs a download first
+        self._timer = QTimer(self, singleShot=True, interval=200)  # re-plan once typing or a slider rests
+        self._timer.timeout.connect(self.update_plan)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
 
-        self.by_task = QRadioButton("By task")
-        self.by_instruction = QRadioButton("By instruction")
+        self.by_task = QRadioButton("Pick a task")
+        self.by_instruction = QRadioButton("Say it in words")
         self.by_task.setChecked(True)
         group = QButtonGroup(self)
         group.addButton(self.by_task)
@@ -72,26 +85,41 @@ class RequestPanel(QWidget):
         form.addRow("Task", self.task)
         form.addRow("Model", self.model)
         form.addRow(self.scale_label, self.scale)
+        self._add_strength_row()
+        if strength_in_form:
+            form.addRow(self.strength_row)
         self._add_task_options(form)
 
         self.instruction = QLineEdit()
         self.instruction.setPlaceholderText('e.g. "remove the noise, then upscale 2x"')
         self.instruction.setClearButtonEnabled(True)
 
+        heading = QLabel("Plan")
+        heading.setObjectName("heading")
         self.plan = QLabel()
         self.plan.setWordWrap(True)
         self.plan.setTextFormat(Qt.TextFormat.RichText)
         self.plan.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.plan.setMinimumHeight(40)
+        self.plan.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        # A fixed-height box: a six-step plan scrolls inside it instead of pushing what is below.
+        self.plan_area = QScrollArea()
+        self.plan_area.setObjectName("planArea")
+        self.plan_area.setWidget(self.plan)
+        self.plan_area.setWidgetResizable(True)
+        self.plan_area.setFrameShape(QFrame.Shape.StyledPanel)
+        self.plan_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.plan_area.setFixedHeight(self.fontMetrics().lineSpacing() * PLAN_LINES + 12)
 
         layout.addWidget(self.by_task)
         layout.addLayout(form)
+        layout.addSpacing(4)
         layout.addWidget(self.by_instruction)
         layout.addWidget(self.instruction)
-        layout.addWidget(self.plan)
+        layout.addSpacing(6)
+        layout.addWidget(heading)
+        layout.addWidget(self.plan_area)
+        layout.addStretch(1)  # packed at the top when there is room to spare
 
-        self._timer = QTimer(self, singleShot=True, interval=200)
-        self._timer.timeout.connect(self.update_plan)
         self.task.currentIndexChanged.connect(self._task_changed)
         self.model.currentIndexChanged.connect(self.schedule)
         self.scale.currentIndexChanged.connect(self.schedule)
@@ -100,12 +128,72 @@ class RequestPanel(QWidget):
         self._task_changed()
         self._mode_changed()
 
+    def _add_strength_row(self) -> None:
+        """The CLI's --strength as a 0-100 % slider with its value beside it, and "Auto" for
+        each built-in operator's own default (what leaving --strength out does)."""
+        self.strength_row = QWidget()
+        self.strength_row.setObjectName("strengthRow")
+        row = QHBoxLayout(self.strength_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.strength_label = QLabel()
+        # as wide as its longest text: the slider beside it must not shift as the value changes
+        self.strength_label.setFixedWidth(self.fontMetrics().horizontalAdvance("Strength 100 % (auto)") + 6)
+        self.strength = QSlider(Qt.Orientation.Horizontal)
+        self.strength.setRange(0, 100)
+        self.strength.setSingleStep(5)
+        self.strength.setPageStep(10)
+        self.strength.setAccessibleName("Strength")
+        self.strength_auto = QCheckBox("Auto")
+        self.strength_auto.setChecked(True)
+        self.strength_auto.setToolTip("each built-in filter's own default strength")
+        row.addWidget(self.strength_label)
+        row.addWidget(self.strength, 1)
+        row.addWidget(self.strength_auto)
+        self._quiet = False  # set while the slider shows the automatic value: that is not a user's choice
+        self.strength.valueChanged.connect(self._strength_moved)
+        self.strength_auto.toggled.connect(self._strength_auto_toggled)
+        self._show_strength()
+
+    def strength_value(self) -> float | None:
+        """The strength the plan gets: 0-1, or None for the operators' defaults."""
+        return None if self.strength_auto.isChecked() else self.strength.value() / 100
+
+    def set_strength(self, percent: int | None) -> None:
+        """0-100, or None for automatic."""
+        if percent is None:
+            self.strength_auto.setChecked(True)
+        else:
+            self.strength.setValue(int(percent))
+            self.strength_auto.setChecked(False)
+        self._show_strength()
+
+    def _strength_moved(self, value: int) -> None:
+        if not self._quiet:
+            self.strength_auto.setChecked(False)  # the user chose a value
+        self._show_strength()
+        self.schedule()
+
+    def _strength_auto_toggled(self, auto: bool) -> None:
+        self._show_strength()
+        self.schedule()
+
+    def _show_strength(self) -> None:
+        auto = self.strength_auto.isChecked()
+        if auto:  # show where the operator's own default lies
+            default = DEFAULT_STRENGTH.get(BUILTIN_TASKS.get(self.task.currentData(), ""), 0.5)
+            self._quiet = True
+            self.strength.setValue(round(default * 100))
+            self._quiet = False
+        self.strength_label.setText(f"Strength {self.strength.value()} %" + (" (auto)" if auto else ""))
+        applies = self.by_task.isChecked() and self.task.currentData() in STRENGTH_TASKS
+        for w in (self.strength_label, self.strength, self.strength_auto):
+            w.setEnabled(applies)
+        self.strength_row.setToolTip("" if applies else "strength applies to the built-in filters for noise, haze, "
+                                                        "dark photos and upscaling, when picked by task")
+
     def _add_task_options(self, form: QFormLayout) -> None:
-        """The options only some tasks have (the CLI's --strength, --scratches, --faces,
-        --hr, --mask, --dilate), each row shown only for its task."""
-        self.strength = QComboBox()
-        for label, value in STRENGTHS:
-            self.strength.addItem(label, value)
+        """The options only some tasks have (the CLI's --scratches, --faces, --hr, --mask,
+        --dilate), each row shown only for its task."""
         self.scratches = QComboBox()
         for label, value in (("Detect automatically", "auto"), ("Yes, repair them", "yes"), ("No scratches", "no")):
             self.scratches.addItem(label, value)
@@ -127,7 +215,6 @@ class RequestPanel(QWidget):
         row.addWidget(browse)
         self._task_rows = {}  # task -> [(label, field)]
         for tasks, label, field in (
-            (STRENGTH_TASKS, "Strength", self.strength),
             (("old-photo",), "Scratches", self.scratches),
             (("old-photo",), "", self.faces),
             (("old-photo",), "", self.hr),
@@ -138,8 +225,7 @@ class RequestPanel(QWidget):
             form.addRow(caption, field)
             for task in tasks:
                 self._task_rows.setdefault(task, []).append((caption, field))
-        for w in (self.strength, self.scratches):
-            w.currentIndexChanged.connect(self.schedule)
+        self.scratches.currentIndexChanged.connect(self.schedule)
         for w in (self.faces, self.hr):
             w.toggled.connect(self.schedule)
         self.dilate.valueChanged.connect(self.schedule)
@@ -152,7 +238,7 @@ class RequestPanel(QWidget):
 
     def task_options(self, task: str) -> tuple[float | None, dict]:
         """(strength, pipeline options) set in the panel for `task`, as the CLI passes them."""
-        strength = self.strength.currentData() if task in STRENGTH_TASKS else None
+        strength = self.strength_value() if task in STRENGTH_TASKS else None
         extra: dict = {}
         if task == "old-photo":
             extra = {"scratches": self.scratches.currentData(), "faces": self.faces.isChecked(),
@@ -218,13 +304,14 @@ class RequestPanel(QWidget):
             for caption, field in pairs:
                 caption.setVisible(id(caption) in shown)
                 field.setVisible(id(field) in shown)
+        self._show_strength()
         self.schedule()
 
     def _mode_changed(self) -> None:
         by_task = self.by_task.isChecked()
-        for w in (self.task, self.model, self.scale, self.strength, self.scratches, self.faces, self.hr,
-                  self.dilate, self.mask_path):
+        for w in (self.task, self.model, self.scale, self.scratches, self.faces, self.hr, self.dilate, self.mask_path):
             w.setEnabled(by_task)
+        self._show_strength()
         self.schedule()
 
     def _instruction_edited(self, text: str) -> None:
@@ -237,13 +324,15 @@ class RequestPanel(QWidget):
 
     # ------------------------------------------------------------ resolving
 
-    def resolve_plan(self) -> request.Plan:
-        """The plan the current request resolves to (the CLI's dispatch); raises request.RequestError."""
+    def resolve_plan(self, keep_missing: bool = False) -> request.Plan:
+        """The plan the current request resolves to (the CLI's dispatch); raises
+        request.RequestError. With `keep_missing`, what is not installed is a step (a dry run)."""
         if self.mode == "instruction":
             text = self.instruction.text().strip()
             if not text:
                 raise request.RequestError("type what is wrong with the photo, e.g. \"it is noisy and blurry\"")
-            return request.plan_request(self.options(), instruction=text, catalog=self.catalog)
+            return request.plan_request(self.options(), instruction=text, catalog=self.catalog,
+                                        keep_missing=keep_missing)
         task = self.task.currentData()
         scale = self.scale.currentData() if task == "superres" else None
         options = self.options(scale=scale)
@@ -251,34 +340,46 @@ class RequestPanel(QWidget):
         options.extra.update(extra)
         model = self.model.currentData()
         if model:
-            return request.plan_request(options, model=model, catalog=self.catalog)
-        return request.plan_request(options, task=task, catalog=self.catalog)
+            return request.plan_request(options, model=model, catalog=self.catalog, keep_missing=keep_missing)
+        return request.plan_request(options, task=task, catalog=self.catalog, keep_missing=keep_missing)
 
     def update_plan(self) -> None:
         self._timer.stop()
         self.missing = None
         try:
-            steps = self.resolve_plan().steps
+            plan = self.resolve_plan()
         except request.ModelMissing as e:
             # restorable after a download: the window's button offers it (size, licence)
             self.ok, self.missing = False, e
-            self.plan.setText(f"Needs a download: {html.escape(e.offer())}")
+            self._show_plan(self._dry_run(), f"Needs a download: {e.offer()}")
         except request.RequestError as e:
             self.ok = False
-            self.plan.setText(f'<span style="color:#c0392b">{html.escape(str(e))}</span>')
+            self._show_plan(None, str(e), error=True)
         except Exception as e:  # a planner bug must not take the window down
             self.ok = False
-            self.plan.setText(f'<span style="color:#c0392b">{html.escape(type(e).__name__ + ": " + str(e))}</span>')
+            self._show_plan(None, f"{type(e).__name__}: {e}", error=True)
         else:
             self.ok = True
-            lines = []
-            for n, step in enumerate(steps, 1):
-                opts = ", ".join(f"{k}={v}" for k, v in step.options.items() if k in ("scale", "strength"))
-                line = f"{n}. <b>{html.escape(step.task)}</b> with {html.escape(step.model)}"
-                if opts:
-                    line += f" ({html.escape(opts)})"
-                if step.why:
-                    line += f' <span style="color:gray">- {html.escape(step.why)}</span>'
-                lines.append(line)
-            self.plan.setText("Plan:<br>" + "<br>".join(lines))
+            self._show_plan(plan)
         self.planChanged.emit(self.ok)
+
+    def _dry_run(self) -> request.Plan | None:
+        """The whole plan with what is missing as steps, to show beside the download offer."""
+        try:
+            return self.resolve_plan(keep_missing=True)
+        except Exception:  # noqa: BLE001 - the offer alone is shown then
+            return None
+
+    def _show_plan(self, plan: request.Plan | None, note: str = "", error: bool = False) -> None:
+        """Numbered plain-language lines ("1. Reduce noise — built-in filter"), then `note`;
+        the engine's own words (restorer-cli --dry-run) in the tooltip."""
+        lines = []
+        for n, step in enumerate(plan.steps if plan else [], 1):
+            what, _, how = describe_step(step, self.catalog).partition(DASH)
+            lines.append(f"{n}. <b>{html.escape(what)}</b>" + (f' <span style="color:gray">— {html.escape(how)}</span>'
+                                                                 if how else ""))
+        if note:
+            colour = ERROR_COLOUR if error else "#d68910"
+            lines.append(f'<span style="color:{colour}">{html.escape(note)}</span>')
+        self.plan.setText("<br>".join(lines))
+        self.plan.setToolTip("\n".join(step.plan_line() for step in plan.steps) if plan else "")
