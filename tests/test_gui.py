@@ -332,7 +332,7 @@ def test_cancel_a_long_run_and_the_window_stays_responsive(qtbot, window, tmp_pa
     qtbot.wait(300)
     assert window.is_busy() and window.cancel_button.isEnabled()
     assert "tile" in window.progress_label.text()
-    qtbot.waitUntil(lambda: window.eta_label.text().endswith("left"), timeout=3000)
+    qtbot.waitUntil(lambda: window.progress_label.text().endswith("left"), timeout=3000)
     calls_at_cancel = runner.calls
     qtbot.mouseClick(window.cancel_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not window.is_busy(), timeout=3000)
@@ -752,3 +752,68 @@ def test_superres_preview_fills_its_region(qtbot, window):
     assert result.image.pixels.shape == (160, 192, 3)
     pyramid, rect = window.view.preview_result()
     assert rect == QRectF(64, 64, 96, 80) and pyramid.width == 192
+
+
+# ---------------------------------------------------------------- compare and queue in the window
+
+
+def test_compare_strengths_on_the_region_then_use_one_for_the_whole_photo(qtbot, window, tmp_path):
+    from restorer.batch.restore import restore_region
+    from restorer.run.context import Context
+    from restorer.run.loader import RunnerCache
+
+    photo = tmp_path / "photo.png"
+    shutil.copy(SAMPLES / "kodim23_crop256.png", photo)
+    open_and_wait(qtbot, window, photo)
+    window.request.set_task("denoise", "builtin:denoise")
+    window.compare("strength")
+    assert window.shown_view() is window.candidates and window.back_button.isVisible()
+    assert len(window.candidates.panes()) == 4  # the original and 3 strengths
+    qtbot.waitUntil(lambda: not window.is_busy(), timeout=30000)
+    assert all(window.candidates.candidate(i) is not None for i in range(3))
+    # each candidate is what its plan gives on the region (the region of the whole run, by restore_region)
+    box = window._compare_box
+    for i, candidate in enumerate(window.compare_list):
+        want = restore_region(window.source, candidate.plan, Context("cpu", None, cache=RunnerCache()), box)
+        got = window.candidates.candidate(i).arrays[0].astype(int)
+        assert got.shape[:2] == (want.height, want.width)
+        assert np.abs(got - (np.clip(want.pixels, 0, 1) * 255).round()).max() <= 1  # display rounding
+    bases = [window.candidates.candidate(i).arrays[0].astype(int) for i in range(3)]
+    assert np.abs(bases[0] - bases[2]).mean() > 0.5  # 30 % and 100 % differ visibly
+    # zoom is one for all panes
+    window.candidates.panes()[2].zoom_by(2.0)
+    assert len({round(p.zoom, 6) for p in window.candidates.panes()}) == 1
+    # "Use this" on the 100 % one: back to the photo, strength set, whole photo restored
+    qtbot.mouseClick(window.candidates.use_button(2), Qt.MouseButton.LeftButton)
+    assert window.shown_view() is window.view and window.request.strength_value() == pytest.approx(1.0)
+    qtbot.waitUntil(lambda: window.result is not None and not window.is_busy(), timeout=30000)
+    assert (window.result.width, window.result.height) == (window.source.width, window.source.height)
+
+
+def test_compare_refuses_in_one_line_when_there_is_nothing_to_compare(qtbot, window, tmp_path):
+    open_and_wait(qtbot, window, SAMPLES / "kodim23_crop256.png")
+    window.request.set_task("denoise", "builtin:denoise")
+    window.compare("model")  # nothing installed: the built-in alone
+    assert window.shown_view() is window.view and "model manager" in window.message.text()
+    window.compare("instruction", ["remove noise"])
+    assert "2 to 4 instructions" in window.message.text()
+
+
+def test_dropped_photos_are_queued_and_restored_beside_their_originals(qtbot, window, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        shutil.copy(SAMPLES / "kodim23_crop256.png", folder / f"p{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(folder))])
+    window.dropEvent(QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                                Qt.KeyboardModifier.NoModifier))
+    assert window.queue_area.isVisible() and len(window.queue.states()) == 4
+    window.request.set_task("denoise", "builtin:denoise")
+    window.start_queue()
+    qtbot.waitUntil(lambda: not window.queue.is_running(), timeout=60000)
+    states = {name: state for name, state, _ in window.queue.states()}
+    assert states == {"broken.png": "failed", "p0.png": "done", "p1.png": "done", "p2.png": "done"}
+    assert all((folder / f"p{i}_restored.png").is_file() for i in range(3))
+    assert "broken.png" in window.message.text() or "failed" in window.message.text().lower()

@@ -30,7 +30,6 @@ from PySide6.QtWidgets import (
 )
 from restorer_ui.imageconv import to_qimage
 from restorer_ui.jobs import BatchJob, BatchOutcome
-from restorer_ui.main_window import format_seconds
 from restorer_ui.request_panel import RequestPanel
 from restorer_ui.settings import OUTPUT_FORMATS, AppSettings
 
@@ -222,7 +221,7 @@ class BatchWindow(QWidget):
 
     def _progress(self, fraction: float, left: float, text: str) -> None:
         self.progress.setValue(int(fraction * 1000))
-        self.status.setText(f"{text}  {format_seconds(left)}")
+        self.status.setText(text)  # the job's line: file, step, tile, percentage, time left
 
     def _finished(self, outcome: BatchOutcome) -> None:
         self.outcome = outcome

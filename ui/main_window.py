@@ -18,9 +18,11 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QFrame,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QLineEdit,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -34,12 +36,16 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from restorer_ui.batch_window import summary_text
+from restorer_ui.candidates_view import CandidatesView
 from restorer_ui.compare_view import CompareView
 from restorer_ui.imageconv import Pyramid, from_qimage, to_display
 from restorer_ui.jobs import CallJob, Job, LoadJob, PreviewJob, PreviewResult, RestoreJob, RestoreResult
-from restorer_ui.request_panel import RequestPanel
+from restorer_ui.queue_panel import QueuePanel
+from restorer_ui.request_panel import Candidate, RequestPanel
 from restorer_ui.settings import VIEW_MODES, AppSettings, SettingsDialog, apply_theme
 
+from restorer.batch.loop import Output
 from restorer.io import imaging
 from restorer.plan import request
 from restorer.run.loader import RunnerCache, make_runnable
@@ -72,12 +78,9 @@ QLabel#heading { font-weight: bold; }
 """
 
 
-def format_seconds(seconds: float) -> str:
-    if seconds < 0:
-        return ""
-    if seconds < 60:
-        return f"about {max(1, round(seconds))} s left"
-    return f"about {int(seconds // 60)} min {int(seconds % 60):02d} s left"
+def _box(rect: QRectF) -> tuple[int, int, int, int]:
+    """A region in image pixels as restore_region takes it: (x0, y0, x1, y1)."""
+    return int(rect.left()), int(rect.top()), int(rect.right()), int(rect.bottom())
 
 
 class SaveDialog(QDialog):
@@ -136,8 +139,9 @@ class MainWindow(QMainWindow):
     (`controls_area`) and a fixed bar at the bottom (`action_bar`: strength, Preview /
     Restore / Cancel in `actions_layout`, progress, messages, Save), so what grows above never
     moves a button under the pointer. The right side is a vertical splitter (`view_splitter`)
-    whose first pane is the view bar over a stack of views (`view_stack`, the CompareView
-    first)."""
+    whose first pane is the view bar over a stack of views (`view_stack`: the photo's
+    CompareView, and the CandidatesView of a comparison), the second the queue (`queue_area`,
+    shown once files are queued)."""
 
     def __init__(self, settings: AppSettings | None = None, catalog: Catalog | None = None):
         super().__init__()
@@ -164,6 +168,12 @@ class MainWindow(QMainWindow):
         self._restore_after_preview = False
         self._restoring_key: str | None = None  # the plan of the restore running, then of self.result
         self._result_key: str | None = None
+        # Comparison: the candidates, the region they run on, the next one to run.
+        self.compare_list: list[Candidate] = []
+        self._compare_box: tuple[int, int, int, int] | None = None
+        self._compare_next = 0
+        self._compare_after_preview: tuple | None = None  # (kind, texts) waiting for a preview to stop
+        self._use_after_candidate: int | None = None  # picked while another candidate still ran
         self._preview_timer = QTimer(self, singleShot=True, interval=PREVIEW_DELAY_MS)
         self._preview_timer.timeout.connect(self.run_preview)
         self.setWindowTitle("Restorer")
@@ -189,10 +199,19 @@ class MainWindow(QMainWindow):
         header = QHBoxLayout()
         self.open_button = QPushButton("Open photo…")
         self.open_button.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_DialogOpenButton))
-        self.open_button.setToolTip("Open a photo (Ctrl+O); or drop one on the window, or paste it (Ctrl+V)")
+        self.open_button.setToolTip("Open a photo (Ctrl+O); or drop one on the window, or paste it (Ctrl+V); "
+                                    "several photos or a folder go to the queue")
         self.open_button.clicked.connect(self.open_dialog)
         header.addWidget(self.open_button)
         header.addStretch(1)
+        self.compare_button = QPushButton("Compare")
+        self.compare_button.setToolTip("Run 2-4 variants on the preview region and see them side by side")
+        self.compare_menu = QMenu(self.compare_button)
+        self.compare_menu.addAction("Strengths (30, 60, 100 %)", lambda: self.compare("strength"))
+        self.compare_menu.addAction("Installed models for this task", lambda: self.compare("model"))
+        self.compare_menu.addAction("Instructions…", self.compare_instructions)
+        self.compare_button.setMenu(self.compare_menu)
+        header.addWidget(self.compare_button)
         self.side_layout.addLayout(header)
         self.file_label = QLabel("No photo open")
         self.file_label.setTextFormat(Qt.TextFormat.RichText)
@@ -214,8 +233,12 @@ class MainWindow(QMainWindow):
         self.view = CompareView()
         self.view.zoomChanged.connect(self._zoom_changed)
         self.view.previewRectMoved.connect(self._preview_rect_moved)
+        self.candidates = CandidatesView()
+        self.candidates.zoomChanged.connect(self._zoom_changed)
+        self.candidates.chosen.connect(self.use_candidate)
         self.view_stack = QStackedWidget()
         self.view_stack.addWidget(self.view)
+        self.view_stack.addWidget(self.candidates)
         view_area = QWidget()
         view_layout = QVBoxLayout(view_area)
         view_layout.setContentsMargins(0, 0, 0, 0)
@@ -225,6 +248,9 @@ class MainWindow(QMainWindow):
         self.view_splitter = QSplitter(Qt.Orientation.Vertical)
         self.view_splitter.setChildrenCollapsible(False)
         self.view_splitter.addWidget(view_area)
+        self.view_splitter.addWidget(self._build_queue_area())
+        self.view_splitter.setStretchFactor(0, 3)
+        self.view_splitter.setStretchFactor(1, 1)
 
         self.splitter = QSplitter()
         self.splitter.addWidget(self.side)
@@ -274,16 +300,14 @@ class MainWindow(QMainWindow):
         self.progress.setTextVisible(False)
         self.progress.setFixedHeight(8)
         self.action_layout.addWidget(self.progress)
-        status = QHBoxLayout()
+        # What runs, in words: step, tile, percentage and time left (the job's one line, as the
+        # CLI prints it). Two lines of fixed height: a long text wraps, the buttons stay put.
         self.progress_label = QLabel()
-        self.eta_label = QLabel()
-        for label in (self.progress_label, self.eta_label):
-            # one line, whatever its length: a long line is cut rather than moving the buttons
-            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-            label.setFixedHeight(self.fontMetrics().lineSpacing() + 2)
-        status.addWidget(self.progress_label, 3)
-        status.addWidget(self.eta_label, 1, Qt.AlignmentFlag.AlignRight)
-        self.action_layout.addLayout(status)
+        self.progress_label.setWordWrap(True)
+        self.progress_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.progress_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.progress_label.setFixedHeight(self.fontMetrics().lineSpacing() * 2 + 2)
+        self.action_layout.addWidget(self.progress_label)
 
         self.message = QLabel()
         self.message.setWordWrap(True)
@@ -309,6 +333,36 @@ class MainWindow(QMainWindow):
         self.action_layout.addLayout(save_row)
         return self.action_bar
 
+    def _build_queue_area(self) -> QWidget:
+        """The queue under the view: several photos restored with the current plan."""
+        self.queue = QueuePanel()
+        self.queue.started.connect(lambda: self._queue_running(True))
+        self.queue.finished.connect(self._queue_finished)
+        self.queue_area = QWidget()
+        layout = QVBoxLayout(self.queue_area)
+        layout.setContentsMargins(8, 6, 8, 6)
+        head = QHBoxLayout()
+        title = QLabel("Queue")
+        title.setObjectName("heading")
+        self.queue_start_button = QPushButton("Restore all")
+        self.queue_start_button.setToolTip("Restore every queued photo with the current plan; each is saved "
+                                           "beside its original, as the batch names it")
+        self.queue_start_button.clicked.connect(self.start_queue)
+        self.queue_cancel_button = QPushButton("Cancel")
+        self.queue_cancel_button.clicked.connect(self.queue.cancel)
+        self.queue_cancel_button.setEnabled(False)
+        hide = QToolButton()
+        hide.setText("Hide")
+        hide.clicked.connect(lambda: self.queue_area.setVisible(False))
+        for widget in (title, self.queue_start_button, self.queue_cancel_button):
+            head.addWidget(widget)
+        head.addStretch(1)
+        head.addWidget(hide)
+        layout.addLayout(head)
+        layout.addWidget(self.queue, 1)
+        self.queue_area.setVisible(False)
+        return self.queue_area
+
     def _build_view_bar(self) -> QWidget:
         bar = QWidget()
         bar.setObjectName("viewBar")
@@ -326,12 +380,19 @@ class MainWindow(QMainWindow):
             row.addWidget(b)
             self.mode_buttons[mode] = b
         self.mode_buttons["split"].setChecked(True)
+        # while candidates are compared the photo's view modes do not apply: this takes their place
+        self.back_button = QToolButton()
+        self.back_button.setText("← Back to the photo")
+        self.back_button.clicked.connect(self.show_photo)
+        self.back_button.setVisible(False)
+        row.addWidget(self.back_button)
         row.addStretch(1)
         self.zoom_buttons = []
-        for label, tip, slot in (("Fit", "Fit the photo (Ctrl+0)", lambda: self.view.fit()),
-                                 ("100%", "One image pixel per screen pixel (Ctrl+1)", lambda: self.view.actual_size()),
-                                 ("−", "Zoom out (Ctrl+-)", lambda: self.view.zoom_by(0.8)),
-                                 ("+", "Zoom in (Ctrl++)", lambda: self.view.zoom_by(1.25))):
+        for label, tip, slot in (("Fit", "Fit the photo (Ctrl+0)", lambda: self.shown_view().fit()),
+                                 ("100%", "One image pixel per screen pixel (Ctrl+1)",
+                                  lambda: self.shown_view().actual_size()),
+                                 ("−", "Zoom out (Ctrl+-)", lambda: self.shown_view().zoom_by(0.8)),
+                                 ("+", "Zoom in (Ctrl++)", lambda: self.shown_view().zoom_by(1.25))):
             b = QToolButton()
             b.setText(label)
             b.setToolTip(tip)
@@ -354,6 +415,7 @@ class MainWindow(QMainWindow):
         self.save_action = self._action(menu, "&Save", self.save, "Ctrl+S")
         self.save_as_action = self._action(menu, "Save &as…", self.save_as, "Ctrl+Shift+S")
         menu.addSeparator()
+        self._action(menu, "Add to the &queue…", self.add_to_queue_dialog, "Ctrl+Shift+O")
         self._action(menu, "&Batch (folders)…", self.open_batch, "Ctrl+B")
         menu.addSeparator()
         self._action(menu, "&Quit", self.close, "Ctrl+Q")
@@ -370,11 +432,11 @@ class MainWindow(QMainWindow):
         self.cancel_action = self._action(menu, "&Cancel", self.cancel, "Esc")
 
         menu = self.menuBar().addMenu("&View")
-        self.fit_action = self._action(menu, "&Fit", self.view.fit, "Ctrl+0")
-        self.actual_size_action = self._action(menu, "&100%", self.view.actual_size, "Ctrl+1")
-        self.zoom_in_action = self._action(menu, "Zoom &in", lambda: self.view.zoom_by(1.25), "Ctrl++")
+        self.fit_action = self._action(menu, "&Fit", lambda: self.shown_view().fit(), "Ctrl+0")
+        self.actual_size_action = self._action(menu, "&100%", lambda: self.shown_view().actual_size(), "Ctrl+1")
+        self.zoom_in_action = self._action(menu, "Zoom &in", lambda: self.shown_view().zoom_by(1.25), "Ctrl++")
         self.zoom_in_action.setShortcuts([QKeySequence("Ctrl++"), QKeySequence("Ctrl+=")])
-        self.zoom_out_action = self._action(menu, "Zoom &out", lambda: self.view.zoom_by(0.8), "Ctrl+-")
+        self.zoom_out_action = self._action(menu, "Zoom &out", lambda: self.shown_view().zoom_by(0.8), "Ctrl+-")
         menu.addSeparator()
         group = QActionGroup(self)
         self.mode_actions = {}
@@ -459,6 +521,7 @@ class MainWindow(QMainWindow):
         self.cancel_button.setEnabled(can_cancel)
         self.open_button.setEnabled(not busy)
         self.preview_button.setEnabled(self.source is not None)
+        self.compare_button.setEnabled(self.source is not None and not busy)
         can_save = self.result is not None and self.save_job is None
         for w in (self.save_button, self.save_as_button):
             w.setEnabled(can_save)
@@ -510,9 +573,7 @@ class MainWindow(QMainWindow):
     def preview_box(self) -> tuple[int, int, int, int] | None:
         """The preview region as restore_region takes it: (x0, y0, x1, y1), x1 and y1 exclusive."""
         r = self.view.preview_rect()
-        if r is None:
-            return None
-        return int(r.left()), int(r.top()), int(r.right()), int(r.bottom())
+        return None if r is None else _box(r)
 
     def set_preview(self, on: bool) -> None:
         """Preview on: the region's outline on the photo and the plan run on it alone, again
@@ -595,13 +656,121 @@ class MainWindow(QMainWindow):
 
     def _preview_ended(self) -> None:
         self.preview_job = None
-        if self._restore_after_preview:
+        if self._compare_after_preview is not None:
+            kind, texts = self._compare_after_preview
+            self._compare_after_preview = None
+            self.compare(kind, texts)
+        elif self._restore_after_preview:
             self._restore_after_preview = False
             self.start_restore()
         elif self._preview_again:
             self._preview_again = False
             self.run_preview()
         self._set_busy(self.is_busy())
+
+    # ------------------------------------------------------------ comparing candidates
+
+    def shown_view(self):
+        """The view on screen: the photo's, or the comparison's (both zoom alike)."""
+        return self.view_stack.currentWidget()
+
+    def compare_instructions(self) -> None:
+        current = self.request.instruction.text().strip()
+        text, ok = QInputDialog.getMultiLineText(self, "Compare instructions",
+                                                 "Two to four instructions, one per line:", current)
+        if ok:
+            self.compare("instruction", text.splitlines())
+
+    def compare(self, kind: str, texts=()) -> None:
+        """Run 2-4 variants of the request (`kind`: strength, model or instruction; see
+        RequestPanel.candidates) on the preview region, one after the other, and show them
+        beside the original; "Use this" restores the whole photo with that one."""
+        if self.source is None:
+            self.show_error("open a photo first")
+            return
+        if self.is_busy():
+            return
+        try:
+            found = self.request.candidates(kind, texts)
+        except request.ModelMissing as e:
+            self.show_error(f"a candidate needs a download first ({e.offer()})")
+            return
+        except request.RequestError as e:
+            self.show_error(str(e))
+            return
+        if self.preview_job is not None:  # they share the runners: start once the preview stopped
+            self._compare_after_preview, self._preview_again = (kind, list(texts)), False
+            self.preview_job.cancel()
+            return
+        box = self.preview_box() or _box(self.default_preview_rect())
+        x0, y0, x1, y1 = box
+        alpha = None if self.source.alpha is None else self.source.alpha[y0:y1, x0:x1]
+        self.candidates.set_original(Pyramid.build(to_display(self.source.pixels[y0:y1, x0:x1], alpha)),
+                                     f"Original ({x1 - x0} x {y1 - y0})")
+        self.candidates.set_candidates([(c.label, None) for c in found])
+        self.compare_list, self._compare_box, self._compare_next = found, box, 0
+        self.runners.keep_only({step.model for c in found for step in c.plan.steps})
+        self._show_comparison(True)
+        self.show_info(f"Comparing {len(found)} candidates on the region; \"Use this\" restores the whole "
+                       "photo with one.")
+        self._run_next_candidate()
+
+    def _run_next_candidate(self) -> None:
+        i, n = self._compare_next, len(self.compare_list)
+        if i >= n or self.view_stack.currentWidget() is not self.candidates:
+            return
+        self._compare_next += 1
+        candidate = self.compare_list[i]
+        job = PreviewJob(self.source, candidate.plan, self.runners, self._compare_box, self)
+
+        def progress(fraction: float, left: float, text: str, i=i) -> None:
+            self._progress((i + fraction) / n, -1.0, f"Candidate {i + 1} of {n}, {candidate.label}: {text}")
+
+        job.hook(job.progress, progress)
+        job.hook(job.succeeded, lambda result, i=i: self.candidates.set_candidate(i, result.pyramid))
+        job.hook(job.failed, lambda m, i=i: self.candidates.set_candidate_error(i, m))
+        job.hook(job.cancelled, lambda: self.show_info("Comparison stopped."))
+        job.hook(job.ended, lambda job=job: self._candidate_ended(job))
+        self.job = job
+        self._set_busy(True)
+        job.start()
+
+    def _candidate_ended(self, job) -> None:
+        self._job_ended()
+        if self._use_after_candidate is not None:
+            index, self._use_after_candidate = self._use_after_candidate, None
+            self.use_candidate(index)
+        elif not job.cancel_event.is_set():
+            if self._compare_next >= len(self.compare_list):
+                self.progress_label.setText(f"Compared {len(self.compare_list)} candidates.")
+            self._run_next_candidate()
+
+    def show_photo(self) -> None:
+        """Leave the comparison (what still runs of it stops)."""
+        if self.job is not None and isinstance(self.job, PreviewJob):
+            self.job.cancel()
+        self._show_comparison(False)
+
+    def _show_comparison(self, on: bool) -> None:
+        self.view_stack.setCurrentWidget(self.candidates if on else self.view)
+        self.back_button.setVisible(on)
+        for button in self.mode_buttons.values():
+            button.setVisible(not on)
+        self._zoom_changed(self.shown_view().zoom)
+
+    def use_candidate(self, index: int) -> None:
+        """The user's pick: the request becomes that variant, and the whole photo is restored."""
+        if not 0 <= index < len(self.compare_list):
+            return
+        if isinstance(self.job, PreviewJob):  # the candidates still running are not needed now
+            self._use_after_candidate = index
+            self.job.cancel()
+            return
+        if self.is_busy():
+            return
+        self.compare_list[index].choose()
+        self.show_photo()
+        self.start_restore()
 
     # ------------------------------------------------------------ opening
 
@@ -643,7 +812,6 @@ class MainWindow(QMainWindow):
         self.show_info(" ".join(image.meta.notes))
         self.progress.setValue(0)
         self.progress_label.clear()
-        self.eta_label.clear()
         if path:
             self.settings.add_recent(str(path))
 
@@ -694,10 +862,47 @@ class MainWindow(QMainWindow):
         if not paths:
             return
         event.acceptProposedAction()
-        if paths[0].is_dir():
-            self.open_batch(paths[0])
-        else:
+        if len(paths) == 1 and not paths[0].is_dir():
             self.open_path(paths[0])
+        else:  # several photos, or a folder: into the queue
+            self.add_to_queue(paths)
+
+    # ------------------------------------------------------------ the queue
+
+    def add_to_queue(self, paths) -> int:
+        added = self.queue.add_paths(paths)
+        self.queue_area.setVisible(True)
+        if not added:
+            self.show_info("Nothing new to queue: no image there, or already queued.")
+        return added
+
+    def add_to_queue_dialog(self) -> None:
+        names, _ = QFileDialog.getOpenFileNames(self, "Add photos to the queue", "", OPEN_FILTER)
+        if names:
+            self.add_to_queue(names)
+
+    def start_queue(self) -> None:
+        """Every queued photo with the current plan, written as the batch writes (names,
+        journal, atomic files) beside each original."""
+        try:
+            plan = self.request.resolve_plan()
+        except request.ModelMissing as e:
+            self.show_error(f"the plan needs a download first ({e.offer()}): restore one photo to get it")
+            return
+        except request.RequestError as e:
+            self.show_error(str(e))
+            return
+        output = Output(self.settings.output_format, self.settings.quality)
+        if not self.queue.start(plan, output, folder=None, suffix=self.settings.suffix):
+            self.show_info("The queue is empty: drop photos or a folder on the window.")
+
+    def _queue_running(self, running: bool) -> None:
+        self.queue_start_button.setEnabled(not running)
+        self.queue_cancel_button.setEnabled(running)
+
+    def _queue_finished(self, outcome) -> None:
+        self._queue_running(False)
+        self.show_info(summary_text(outcome))
 
     # ------------------------------------------------------------ restoring
 
@@ -785,7 +990,6 @@ class MainWindow(QMainWindow):
     def _progress(self, fraction: float, left: float, text: str) -> None:
         self.progress.setValue(int(fraction * 1000))
         self.progress_label.setText(text)
-        self.eta_label.setText(format_seconds(left))
 
     def _restored(self, result: RestoreResult) -> None:
         self.result = result.image
@@ -804,7 +1008,6 @@ class MainWindow(QMainWindow):
 
     def _job_ended(self) -> None:
         self.job = None
-        self.eta_label.clear()
         self._set_busy(False)
         if self.preview_action.isChecked():
             self._preview_timer.start()  # what changed while it ran
@@ -916,6 +1119,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event):
         self._preview_timer.stop()
+        self.queue.cancel()
         for job in (self.job, self.save_job, self.preview_job):
             if job is not None:
                 job.cancel()

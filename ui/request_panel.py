@@ -8,7 +8,8 @@ fixed bottom bar, where it never moves; other windows leave it in the panel's fo
 from __future__ import annotations
 
 import html
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QStandardItemModel
@@ -44,8 +45,20 @@ TASK_LABELS = {
 }
 AUTO = ""  # the model combo's "best installed" entry
 STRENGTH_TASKS = ("denoise", "dehaze", "lowlight", "superres")  # the built-in operators take a strength
+STRENGTH_CANDIDATES = (30, 60, 100)  # percent: a light, a middle and a full hand
+MAX_CANDIDATES = 4  # beside the original, what a screen can show side by side
 PLAN_LINES = 6  # the plan box shows this many lines, then scrolls: its height never changes
 ERROR_COLOUR = "#c0392b"
+
+
+@dataclass
+class Candidate:
+    """One variant of the request, for the compare view: its label, its plan, and how to set
+    the panel to it when the user picks it."""
+
+    label: str
+    plan: request.Plan
+    choose: Callable[[], None]
 
 
 class RequestPanel(QWidget):
@@ -328,20 +341,61 @@ class RequestPanel(QWidget):
         """The plan the current request resolves to (the CLI's dispatch); raises
         request.RequestError. With `keep_missing`, what is not installed is a step (a dry run)."""
         if self.mode == "instruction":
-            text = self.instruction.text().strip()
-            if not text:
-                raise request.RequestError("type what is wrong with the photo, e.g. \"it is noisy and blurry\"")
-            return request.plan_request(self.options(), instruction=text, catalog=self.catalog,
-                                        keep_missing=keep_missing)
+            return self._instruction_plan(self.instruction.text(), keep_missing)
+        return self._task_plan(self.model.currentData(), self.strength_value(), keep_missing)
+
+    def _instruction_plan(self, text: str, keep_missing: bool = False) -> request.Plan:
+        if not text.strip():
+            raise request.RequestError("type what is wrong with the photo, e.g. \"it is noisy and blurry\"")
+        return request.plan_request(self.options(), instruction=text.strip(), catalog=self.catalog,
+                                    keep_missing=keep_missing)
+
+    def _task_plan(self, model: str, strength: float | None, keep_missing: bool = False) -> request.Plan:
         task = self.task.currentData()
         scale = self.scale.currentData() if task == "superres" else None
         options = self.options(scale=scale)
-        options.strength, extra = self.task_options(task)
+        extra = self.task_options(task)[1]
+        options.strength = strength if task in STRENGTH_TASKS else None
         options.extra.update(extra)
-        model = self.model.currentData()
         if model:
             return request.plan_request(options, model=model, catalog=self.catalog, keep_missing=keep_missing)
         return request.plan_request(options, task=task, catalog=self.catalog, keep_missing=keep_missing)
+
+    def candidates(self, kind: str, texts: Sequence[str] = ()) -> list[Candidate]:
+        """Variants of the current request to compare on a region (2 to MAX_CANDIDATES):
+        "strength": the task at STRENGTH_CANDIDATES; "model": each installed or built-in model
+        for the task; "instruction": each of `texts`. Raises request.RequestError (one line)
+        when there is nothing to compare."""
+        task = self.task.currentData()
+        found: list[Candidate] = []
+        if kind == "strength":
+            if self.mode != "task" or task not in STRENGTH_TASKS:
+                raise request.RequestError("strengths can be compared for a task that has one: "
+                                           + ", ".join(TASK_LABELS[t].lower() for t in STRENGTH_TASKS))
+            model = self.model.currentData()
+            for percent in STRENGTH_CANDIDATES:
+                found.append(Candidate(f"Strength {percent} %", self._task_plan(model, percent / 100),
+                                       lambda p=percent: self.set_strength(p)))
+        elif kind == "model":
+            if self.mode != "task":
+                raise request.RequestError("models are compared for a task: choose one under \"By task\"")
+            strength = self.strength_value()
+            for spec in self.catalog.for_task(task):
+                if request.installed(spec) and len(found) < MAX_CANDIDATES:
+                    found.append(Candidate(spec.title, self._task_plan(spec.id, strength),
+                                           lambda m=spec.id: self.set_task(task, m)))
+            if len(found) < 2:
+                raise request.RequestError(f"only {len(found)} model for \"{TASK_LABELS[task].lower()}\" is "
+                                           "installed: add more in the model manager to compare them")
+        elif kind == "instruction":
+            lines = [t.strip() for t in texts if t.strip()]
+            if not 2 <= len(lines) <= MAX_CANDIDATES:
+                raise request.RequestError(f"compare 2 to {MAX_CANDIDATES} instructions, one per line")
+            found = [Candidate(text, self._instruction_plan(text), lambda t=text: self.set_instruction(t))
+                     for text in lines]
+        else:
+            raise ValueError(f"unknown kind of candidates {kind!r}")
+        return found
 
     def update_plan(self) -> None:
         self._timer.stop()
