@@ -304,3 +304,17 @@ def test_the_plan_fingerprint_follows_what_changes_the_output(tmp_path, monkeypa
     assert fp("superres", scale=2) != fp("superres", scale=3)
     assert fp("denoise") != fp("denoise", Output(quality=80))
     assert fp("denoise") == fp("denoise", Output(fmt="png"))  # the format is in the output's name
+
+
+def test_outputs_written_beside_their_inputs_are_not_taken_for_inputs_again(tmp_path, env):
+    folder = tmp_path / "photos"
+    make_images(folder, 2)
+    for _ in range(2):
+        run = cli(env, folder, "-o", folder, "--task", "denoise", "--suffix", "_r", "--json", "--quiet")
+        assert run.returncode == 0, run.stderr
+    assert [p.name for p in images(folder)] == ["p00.png", "p00_r.png", "p01.png", "p01_r.png"]
+    assert {f["status"] for f in json.loads(run.stdout)["files"]} == {"skipped"}
+    # a file restorer did not write keeps being an input, whatever its name
+    Image.open(folder / "p00.png").save(folder / "mine_r.png")
+    names = [item.input.name for item in files.discover([folder], folder, recursive=True, fmt="same", suffix="_r")]
+    assert names == ["mine_r.png", "p00.png", "p01.png"]

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from restorer.batch.journal import Journal
 from restorer.io import imaging
 
 IMAGE_SUFFIXES = set(imaging.EXTENSIONS)
@@ -54,6 +55,7 @@ def discover(inputs: list[Path], outdir: Path, *, recursive: bool, fmt: str, suf
     items: list[Item] = []
     folders = [p for p in inputs if p.is_dir()]
     outdir_resolved = outdir.resolve()
+    written: dict[Path, set[str]] = {}  # folder -> what its journal says restorer wrote there
     for path in inputs:
         if path.is_dir():
             base = outdir / path.resolve().name if len(folders) > 1 else outdir
@@ -63,6 +65,8 @@ def discover(inputs: list[Path], outdir: Path, *, recursive: bool, fmt: str, suf
                     continue
                 if _is_within(f.resolve(), outdir_resolved) and outdir_resolved != path.resolve():
                     continue  # our own outputs from an earlier run inside the input tree
+                if f.name in written.setdefault(f.parent, Journal(f.parent).outputs()):
+                    continue  # our own outputs, written beside their inputs
                 rel = f.relative_to(path)
                 items.append(Item(f, output_path(base / rel, fmt, suffix, mask_local)))
         else:

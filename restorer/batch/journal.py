@@ -24,7 +24,6 @@ import os
 import time
 from pathlib import Path
 
-from restorer.batch.files import Item
 from restorer.io import imaging
 from restorer.io.atomic import atomic_path
 
@@ -74,6 +73,10 @@ class Journal:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.path = self.folder / JOURNAL_NAME
+
+    def outputs(self) -> set[str]:
+        """The names of the files restorer wrote into this folder."""
+        return set(self.records())
 
     def records(self) -> dict[str, list[dict]]:
         """Every readable record, by output name, oldest first. Read without the lock: appends
@@ -176,12 +179,12 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def record(item: Item, status: str, input_fp: dict, plan_fp: str, steps: str, output_fp: dict) -> dict:
+def record(item, status: str, input_fp: dict, plan_fp: str, steps: str, output_fp: dict) -> dict:
     return {"name": item.output.name, "status": status, "input": input_fp, "plan": plan_fp, "steps": steps,
             "output": output_fp, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def decide(items: list[Item], plan_fp: str, *, overwrite: bool) -> None:
+def decide(items: list, plan_fp: str, *, overwrite: bool) -> None:
     """Settle, before anything runs, each pending item whose output exists: "skipped" (this
     plan made it from this input and it is intact), "failed" (not restorer's, or changed since:
     never overwritten without `overwrite`), or left pending to be redone with a note saying
@@ -218,7 +221,7 @@ def _file_fingerprint(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def _verdict(item: Item, fp: dict, records: list[dict], plan_fp: str) -> str:
+def _verdict(item, fp: dict, records: list[dict], plan_fp: str) -> str:
     """"skip", "refuse: <why>", or why the output is redone."""
     if not records:
         return "refuse: exists and was not written by restorer"
