@@ -2,11 +2,17 @@
 checking the layout at common screen sizes. Run through bench/screenshots.sh.
 
     xvfb-run -a -s "-screen 0 1280x800x24" .venv/bin/python bench/screenshots.py --size 1280x800
+
+Each file is named after what it shows: main (a restored photo on the before/after slider),
+preview (the preview region on a noisy photo), compare (three strengths beside the original),
+queue (photos queued: done, skipped, failed and waiting); with --all also side-by-side,
+batch and models.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +29,7 @@ def main() -> int:
     width, height = (int(v) for v in args.size.split("x"))
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from PySide6.QtCore import QSettings
+    from PySide6.QtCore import QRectF, QSettings
     from PySide6.QtWidgets import QApplication
 
     app = QApplication(sys.argv[:1])
@@ -53,6 +59,50 @@ def main() -> int:
         print("wrote", path)
 
     shot("main")
+
+    # the preview region on a dark photo, brightened there only
+    window.open_path(REPO / "samples" / "lol_low_778.png")
+    wait_until(app, lambda: not window.is_busy(), 30)
+    window.request.set_task("lowlight", "builtin:lowlight")
+    window.request.set_strength(80)
+    window.view.set_preview_rect(QRectF(170, 90, 280, 220))
+    window.preview_action.setChecked(True)
+    wait_until(app, lambda: window.preview_result is not None, 60)
+    window.view.fit()
+    window.view.set_divider(0.2)
+    wait_until(app, lambda: False, 0.3)
+    shot("preview")
+
+    # three strengths on that region beside the original
+    window.compare("strength")
+    wait_until(app, lambda: not window.is_busy() and window.candidates.candidate(2) is not None, 120)
+    wait_until(app, lambda: False, 0.3)
+    shot("compare")
+    window.show_photo()
+    window.preview_action.setChecked(False)
+
+    # a queue with every state: two photos restored before (skipped now), new ones done, a
+    # broken file failed, and one added after the run (waiting)
+    queued = Path(tmp) / "queue"
+    queued.mkdir()
+    names = ("kodim05_crop256.png", "kodim23_crop256.png", "rain100l_rainy_1.png", "sots_hazy_0002.jpg")
+    for name in names:
+        shutil.copy(REPO / "samples" / name, queued / name)
+    (queued / "scan_0042.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated in the copy")
+    window.add_to_queue([queued / names[0], queued / names[1]])
+    window.start_queue()
+    wait_until(app, lambda: not window.queue.is_running(), 300)
+    window.queue.clear()
+    window.add_to_queue([queued])
+    window.start_queue()
+    wait_until(app, lambda: not window.queue.is_running(), 300)
+    window.add_to_queue([REPO / "samples" / "lol_low_778.png"])
+    window.view_splitter.setSizes([height // 2, height // 2])
+    wait_until(app, lambda: False, 0.5)
+    shot("queue")
+    window.queue.clear()
+    window.queue_area.setVisible(False)
+
     if args.all:
         window.set_view_mode("side")
         wait_until(app, lambda: False, 0.2)
