@@ -137,7 +137,7 @@ def test_garnet_exports_with_its_mask_and_runs_from_onnx(tmp_path, monkeypatch):
     drawn[260:340, 160:495] = 255
     Image.fromarray(drawn, "L").save(tmp_path / "mask.png")
     r = cli("--task", "remove-text", photo, "-o", tmp_path / "out", "--format", "png", "--json",
-            "--mask", tmp_path / "mask.png", "--dilate", 0, home=home)
+            "--mask", tmp_path / "mask.png", "--dilate", 0, "--device", "cpu", home=home)  # cpu: ONNX Runtime
     assert r.returncode == 0, r.stderr
     step = json.loads(r.stdout)["files"][0]["steps"][0]
     assert (step["model"], step["runner"]) == ("garnet", "onnx")

@@ -29,7 +29,8 @@ CLI_WATCHING_TORCH = ("import sys\nfrom restorer.cli import main\ncode = main(sy
 def restore(home: Path, out: Path) -> tuple[dict, str]:
     env = {**os.environ, "RESTORER_HOME": str(home), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", CLI_WATCHING_TORCH, str(PHOTO), "-o", str(out), "--task", "old-photo",
-                        "--scratches", "yes", "--no-faces", "--json"],
+                        "--scratches", "yes", "--no-faces", "--json",
+                        "--device", "cpu"],  # ONNX Runtime (auto would pick OpenVINO on an Intel CPU)
                        capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)["files"][0]["steps"][0], r.stderr
