@@ -402,3 +402,23 @@ def test_shared_layout_is_told_apart_by_sha256_then_name(tmp_path, monkeypatch):
     assert sorted(m.spec.id for m in recognise.recognise(anonymous)) == ["hat-x", "hat-x-imagenet"]
     with pytest.raises(StoreError, match=r"fits several catalog models \(hat-x, hat-x-imagenet\); say which with --id"):
         install.add(anonymous)
+
+
+def test_a_key_prefix_keeps_the_network_and_drops_the_rest(tmp_path):
+    """RestoreFormer's Lightning checkpoints: the network under 'state_dict' with a 'vqvae.'
+    prefix, beside training-loss tensors that are not the network."""
+    torch = pytest.importorskip("torch")
+    from restorer.zoo.catalog import parse
+
+    path = tmp_path / "RestoreFormer.ckpt"
+    torch.save({"state_dict": {"vqvae.encoder.conv_in.weight": torch.ones(4, 3, 3, 3),
+                               "vqvae.quantize.embedding.weight": torch.zeros(8, 4),
+                               "loss.discriminator.main.0.weight": torch.zeros(2, 3, 4, 4)},
+                "epoch": 3}, path)
+    spec = parse('[[model]]\nid = "rf"\ntitle = "t"\nfamily = "restoreformer"\ntasks = ["faces"]\n'
+                 'arch = "RestoreFormer"\nwrapper_key = "state_dict"\nkey_prefix = "vqvae."\n').get("rf")
+    tensors = store_weights.load_state_dict(path, spec)
+    assert sorted(tensors) == ["encoder.conv_in.weight", "quantize.embedding.weight"]
+    assert tensors["encoder.conv_in.weight"].shape == (4, 3, 3, 3) and tensors["encoder.conv_in.weight"].max() == 1
+    assert store_weights.tensor_shapes(path, "state_dict", "vqvae.") == {"encoder.conv_in.weight": (4, 3, 3, 3),
+                                                                        "quantize.embedding.weight": (8, 4)}

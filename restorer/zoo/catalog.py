@@ -51,6 +51,9 @@ class ModelSpec:
     paper: str = ""
     manifest: str = ""
     wrapper_key: str = ""
+    # The network's tensors carry this prefix in the checkpoint, beside others that are not the
+    # network (RestoreFormer's Lightning checkpoints: "vqvae." and the training losses).
+    key_prefix: str = ""
     notes: str = ""
     files: tuple[FileSpec, ...] = ()
     needs: tuple[str, ...] = ()  # other catalog ids this model needs (text encoder, parts)

@@ -389,7 +389,7 @@ def _check_download(path: Path, spec: ModelSpec, f: FileSpec, url: str) -> None:
                              f"got {got}; nothing was kept")
     elif f.name.lower().endswith(WEIGHT_SUFFIXES) and _checkable(spec):
         try:
-            shapes = tensor_shapes(path, spec.wrapper_key)
+            shapes = tensor_shapes(path, spec.wrapper_key, spec.key_prefix)
         except StoreError as e:
             path.unlink(missing_ok=True)
             why = str(e).removeprefix(f"{path.name}: ")  # the reader names its temporary file

@@ -208,7 +208,7 @@ def verify(spec: ModelSpec) -> list[str]:
             problems.append(f"{f.name}: changed since it was installed (sha256 {sha}, recorded {recorded})")
         if f.name.lower().endswith(WEIGHT_SUFFIXES) and _checkable(spec):
             try:
-                diff = compare(tensor_shapes(path, spec.wrapper_key), signature(spec), _lenient(spec))
+                diff = compare(tensor_shapes(path, spec.wrapper_key, spec.key_prefix), signature(spec), _lenient(spec))
             except StoreError as e:
                 problems.append(str(e))  # it names the file already
                 continue

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from restorer.archs import tensor_layout
 from restorer.zoo.catalog import Catalog, FileSpec, ModelSpec
 from restorer.zoo.layout import CHUNK, WEIGHT_SUFFIXES, StoreError, _catalog, weights_file
-from restorer.zoo.weights import _lenient, tensor_shapes
+from restorer.zoo.weights import _lenient, _strip_prefix, tensor_shapes
 
 log = logging.getLogger("restorer")
 
@@ -200,7 +200,7 @@ def recognise(
             if same:
                 return same
             raise StoreError(f"{label}: cannot check it against '{spec.id}' here: {e}") from None
-        diff = compare(found, expected, _lenient(spec))
+        diff = compare(_strip_prefix(found, spec.key_prefix), expected, _lenient(spec))
         if diff:
             raise StoreError(f"{label} is not a checkpoint of '{spec.id}': {diff}")
         return [Match(spec, _file_for(spec, hint))]
@@ -213,12 +213,13 @@ def recognise(
             log.debug("cannot build %s for recognition: %s", spec.id, e)
             unchecked.append(spec)
             continue
-        diff = compare(found, expected, _lenient(spec))
+        mine = _strip_prefix(found, spec.key_prefix)  # the network's tensors, as this entry stores them
+        diff = compare(mine, expected, _lenient(spec)) if mine else "none of its tensors is named as this entry's are"
         if not diff:
             matches.append(Match(spec, _file_for(spec, hint)))
         else:
-            shared = len(found.keys() & expected.keys())
-            misses.append(Difference(spec, shared / max(1, len(found.keys() | expected.keys())), diff))
+            shared = len(mine.keys() & expected.keys())
+            misses.append(Difference(spec, shared / max(1, len(mine.keys() | expected.keys())), diff))
     digest = sha256_of(path) if (len(matches) > 1 and _knows_hashes(m.spec for m in matches)) \
         or (not matches and _knows_hashes(unchecked)) else ""
     if len(matches) > 1:

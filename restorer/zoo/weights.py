@@ -26,16 +26,24 @@ def _lenient(spec: ModelSpec | None) -> bool:
     return spec is not None and spec.extra.get("strict") is False
 
 
-def _unwrap(obj, wrapper_key: str = "") -> dict:
+def _unwrap(obj, wrapper_key: str = "", key_prefix: str = "") -> dict:
     """The tensors of a checkpoint: the wrapper key (the spec's first, then the usual
-    ones) opened, and a leading `module.` (DataParallel) removed from every name."""
+    ones) opened, and a leading `module.` (DataParallel) removed from every name. With
+    `key_prefix`, only the names that carry it are the network's, and they lose it."""
     if not isinstance(obj, dict):
         raise StoreError(f"the checkpoint holds a {type(obj).__name__}, not a dictionary of tensors")
     for key in ([wrapper_key] if wrapper_key else []) + list(WRAPPER_KEYS):
         if isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items() if isinstance(k, str)}
+    names = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items() if isinstance(k, str)}
+    return _strip_prefix(names, key_prefix)
+
+
+def _strip_prefix(tensors: dict, key_prefix: str) -> dict:
+    if not key_prefix:
+        return tensors
+    return {k[len(key_prefix):]: v for k, v in tensors.items() if k.startswith(key_prefix)}
 
 
 def _is_tensor(value) -> bool:
@@ -48,7 +56,7 @@ def load_state_dict(path: str | os.PathLike, spec: ModelSpec | None = None) -> d
     unpickler of restorer.zoo.torchfile (never a full unpickle). The arrays are copy-on-write
     views of the memory-mapped file where the format allows. A StoreError starts with the
     file's name."""
-    return _read_tensors(Path(path), spec.wrapper_key if spec else "")
+    return _read_tensors(Path(path), spec.wrapper_key if spec else "", spec.key_prefix if spec else "")
 
 
 # The longest safetensors JSON header restorer reads (real ones are kilobytes to a few MB).
@@ -73,13 +81,13 @@ def file_kind(path: Path) -> str:
     return "torch"
 
 
-def _read_tensors(path: Path, wrapper_key: str) -> dict:
+def _read_tensors(path: Path, wrapper_key: str, key_prefix: str = "") -> dict:
     if not path.is_file():
         raise StoreError(f"{path.name}: no such file")
     if file_kind(path) == "safetensors":
-        return _unwrap(_read_safetensors(path), wrapper_key)
+        return _unwrap(_read_safetensors(path), wrapper_key, key_prefix)
     try:
-        raw = _unwrap(torchfile.load(path), wrapper_key)
+        raw = _unwrap(torchfile.load(path), wrapper_key, key_prefix)
     except StoreError as e:
         raise StoreError(_named(path, e)) from None
     return {k: v for k, v in raw.items() if _is_tensor(v)}
@@ -162,10 +170,10 @@ def _safetensors_header(path: Path) -> dict:
     return header
 
 
-def tensor_shapes(path: str | os.PathLike, wrapper_key: str = "") -> dict[str, tuple[int, ...]]:
+def tensor_shapes(path: str | os.PathLike, wrapper_key: str = "", key_prefix: str = "") -> dict[str, tuple[int, ...]]:
     """Names and shapes of a checkpoint's tensors, without reading their data: the
     safetensors JSON header, or the PyTorch file's records (its storages memory-mapped,
-    never read). A StoreError starts with the file's name."""
+    never read); `key_prefix` as for _unwrap. A StoreError starts with the file's name."""
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"{path.name}: no such file")
@@ -177,9 +185,9 @@ def tensor_shapes(path: str | os.PathLike, wrapper_key: str = "") -> dict[str, t
             if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)):
                 raise StoreError(f"{path.name}: not a readable safetensors file: tensor {k[:80]} has no valid shape")
             shapes[k[len("module."):] if k.startswith("module.") else k] = tuple(shape)
-        return shapes
+        return _strip_prefix(shapes, key_prefix)
     try:
-        raw = _unwrap(torchfile.load(path, arrays=False), wrapper_key)
+        raw = _unwrap(torchfile.load(path, arrays=False), wrapper_key, key_prefix)
     except StoreError as e:
         raise StoreError(_named(path, e)) from None
     return {k: tuple(v.shape) for k, v in raw.items() if isinstance(v, torchfile.TensorInfo)}
