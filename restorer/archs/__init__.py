@@ -94,6 +94,17 @@ ARCHS: dict[str, Arch] = {
     # needs >= 2 px there: 2 * 16 = 32 (its pad_multiple 16 alone let a 16-px input fail)
     "OldPhotoScratchUNet": Arch("restorer.archs.oldphoto.scratch:ScratchUNet", {"min_size": 32}),
     "OldPhotoFaceSPADE": Arch("restorer.archs.oldphoto.face:FaceSPADEGenerator"),
+    # GFPGAN v1.3/v1.4: aligned 512x512 face crops in [-1, 1]; the 4x4 bottleneck is flattened
+    # into a linear layer (no other size), and the style code comes from the whole crop
+    "GFPGANv1Clean": Arch("restorer.archs.gfpgan:GFPGANv1Clean", {
+        "input_range": (-1.0, 1.0), "output_range": (-1.0, 1.0), "fixed_tile": 512, **_WHOLE_TILE}),
+    # RestoreFormer / RestoreFormer++: aligned 512x512 face crops in [-1, 1], as the official
+    # test code feeds them; five halvings (H, W multiples of 32) and attention over the whole
+    # 16x16 (and, ++, 32x32) map: trained and tested at 512 only
+    "RestoreFormer": Arch("restorer.archs.restoreformer:RestoreFormer", {
+        "input_range": (-1.0, 1.0), "output_range": (-1.0, 1.0), "fixed_tile": 512, **_WHOLE_TILE}),
+    "RestoreFormerPlusPlus": Arch("restorer.archs.restoreformer:RestoreFormerPlusPlus", {
+        "input_range": (-1.0, 1.0), "output_range": (-1.0, 1.0), "fixed_tile": 512, **_WHOLE_TILE}),
 }
 
 
