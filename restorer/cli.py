@@ -113,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "terminal, else print the command to type)")
     g = p.add_argument_group("old photos and text removal")
     g.add_argument("--scratches", choices=("auto", "yes", "no"), default="auto")
-    g.add_argument("--faces", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--faces", action=argparse.BooleanOptionalAction, default=None,
+                   help="restore the faces after the other steps (the best installed face model, e.g. "
+                   "after --task superres); with --task old-photo its own face stage, on by default "
+                   "(--no-faces turns it off)")
     g.add_argument("--hr", action="store_true", help="the old-photo high-resolution mode")
     g.add_argument("--mask", type=Path, metavar="M", help="your own text mask (white = remove)")
     g.add_argument("--boxes", type=parse_boxes, metavar="X0,Y0,X1,Y1[;...]",
@@ -236,7 +239,7 @@ def run(args) -> int:
         return fail(f"{args.output}: is a file, not a folder (-o names the folder outputs go to)")
 
     options = Options(device=args.device, tile=args.tile, scale=args.scale, strength=args.strength,
-                      extra=pipeline_options(args))
+                      extra=pipeline_options(args), faces=bool(args.faces) and args.task != "old-photo")
     asked: set[str] = set()
     while True:
         try:
@@ -425,7 +428,7 @@ def pipeline_options(args) -> dict:
     extra = {}
     if args.scratches != "auto":
         extra["scratches"] = args.scratches
-    if not args.faces:
+    if args.faces is False:
         extra["faces"] = False
     if args.hr:
         extra["hr"] = True

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from restorer.plan import request
-from restorer.plan.describe import TASK_WORDS, describe_plan, describe_step, short_name
-from restorer.tasks import TASKS
+from restorer.plan.describe import describe_plan, describe_step, short_name
+from restorer.tasks import TASK_WORDS, TASKS
 from restorer.zoo.catalog import load_catalog, parse
 from tests.store_helpers import tiny_hat_entry, use_catalog
 

@@ -108,7 +108,7 @@ def test_follow_tiles_finds_the_step_from_the_engine_reports_alone():
              Step("old-photo", "old-photo", Backend.PIPELINE),
              Step("superres", "builtin:upscale", Backend.BUILTIN, {"scale": 2})]
     clock = ProgressClock.for_plan(steps, clock=time)
-    assert clock.labels == ["Reduce noise (step 1 of 3)", "Repair the old photo (step 2 of 3)",
+    assert clock.labels == ["Reduce noise (step 1 of 3)", "Repair old photo (step 2 of 3)",
                             "Upscale (step 3 of 3)"]
     for done in (1, 2):
         time.now += 1

@@ -1,5 +1,6 @@
 """Multi-stage jobs that are more than one network over tiles: old photos, text removal,
-and text-prompted restoration. Each exposes `run(step, image, ctx, report) -> Image`."""
+face restoration (detect, align, restore, paste back) and text-prompted restoration. Each
+exposes `run(step, image, ctx, report) -> Image`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib
 PIPELINES = {
     "old-photo": "restorer.pipelines.old_photo",
     "remove-text": "restorer.pipelines.text_removal",
+    "faces": "restorer.pipelines.face_restore",
 }
 
 

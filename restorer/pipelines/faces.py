@@ -14,6 +14,7 @@ inside the `dlib-bin` wheel (Boost licence, no model file to fetch). The five po
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -94,20 +95,62 @@ def find_face_boxes(img: np.ndarray) -> tuple[list[tuple[int, int, int, int]], s
 
 def find_faces(img: np.ndarray) -> tuple[list[np.ndarray], str]:
     """Five (x, y) points per face in an HxWx3 [0, 1] image, and how they were found."""
+    faces, how = detect_faces(img, upsample=0)  # no upsampling, as the official code
+    return [face.landmarks for face in faces], how
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face: its detector box (x0, y0, x1, y1; x1, y1 exclusive, clipped to the
+    image) and its five points (eye centres, nose tip, mouth corners) as a 5 x 2 (x, y) array."""
+
+    box: tuple[int, int, int, int]
+    landmarks: np.ndarray
+
+    @property
+    def side(self) -> int:
+        """The detector box's longer side in pixels: how large the face is."""
+        return max(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
+
+# Searching at twice (four times) the size finds faces from about 40 (20) px instead of 80;
+# the cost grows with the pixels searched, so only smaller photos are searched that way.
+UPSAMPLE_TWICE_MAX_PIXELS = 500_000
+
+
+def auto_upsample(height: int, width: int) -> int:
+    """How many times dlib's HOG search doubles an image of this size: 2 up to 0.5 MP, 1 up
+    to UPSAMPLE_MAX_PIXELS, else 0 (faces from about 20, 40 and 80 px respectively)."""
+    pixels = height * width
+    return 2 if pixels <= UPSAMPLE_TWICE_MAX_PIXELS else 1 if pixels <= UPSAMPLE_MAX_PIXELS else 0
+
+
+def detect_faces(img: np.ndarray, upsample: int | None = None) -> tuple[list[Face], str]:
+    """Every face dlib's HOG detector finds in an HxWx3 [0, 1] image, with its box and five
+    points, and how they were found. `upsample` None: from the image's size (auto_upsample).
+    Raises FacesUnavailable without dlib."""
     dlib = _detector()
     pixels = _pixels(img)
-    boxes = _hog()(pixels, 0)  # no upsampling, as the official code
+    height, width = pixels.shape[:2]
+    if upsample is None:
+        upsample = auto_upsample(height, width)
+    boxes = _hog()(pixels, upsample)
     predictor = _landmark_model(dlib)
     faces = []
     for box in boxes:
         if predictor is not None:
             shape = predictor(pixels, box)
             points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)])
-            faces.append(landmarks_from_68(points))
+            landmarks = landmarks_from_68(points)
         else:
             origin = np.array([box.left(), box.top()], float)
             size = np.array([box.width(), box.height()], float)
-            faces.append(origin + BOX_LANDMARKS * size)
+            landmarks = origin + BOX_LANDMARKS * size
+        x0, y0 = max(0, box.left()), max(0, box.top())
+        x1, y1 = min(width, box.right() + 1), min(height, box.bottom() + 1)
+        faces.append(Face((x0, y0, x1, y1), landmarks))
     how = "dlib HOG detector + " + ("68-point landmarks (non-commercial model)" if predictor is not None
                                     else "box-proportional landmarks")
+    if upsample:
+        how += f" (upsampled {'once' if upsample == 1 else f'{upsample} times'})"
     return faces, how

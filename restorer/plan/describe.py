@@ -8,21 +8,10 @@ from __future__ import annotations
 import re
 
 from restorer.plan.request import Backend, Plan, Step, installed, to_download
+from restorer.tasks import TASK_WORDS
 from restorer.zoo.catalog import Catalog, ModelSpec, human_size, load_catalog
 
 # What each task does to the photo, as a verb phrase (one per name in restorer.tasks.TASKS).
-TASK_WORDS = {
-    "denoise": "Reduce noise",
-    "deblur": "Remove blur",
-    "derain": "Remove rain",
-    "dehaze": "Remove haze",
-    "lowlight": "Brighten",
-    "enhance": "Enhance colour and tone",
-    "superres": "Upscale",
-    "jpeg": "Remove JPEG artefacts",
-    "old-photo": "Repair old photo",
-    "remove-text": "Remove text",
-}
 DASH = " — "
 BUILTIN = "built-in filter (no model needed)"
 

@@ -74,10 +74,13 @@ MEASURED_ORDER = {("lowlight", "denoise"): 1.06, ("dehaze", "denoise"): 5.09, ("
 # - denoise before deblur (reasoned): a deblur net sharpens noise. This puts lowlight before
 #   deblur too: deblurring works on the brightened, denoised signal.
 # - enhance: the finishing touch of tone and colour.
-# - superres last: it multiplies the pixel count (the cost of every later step) and would
-#   magnify any artefact left behind.
+# - superres last of the whole-photo steps: it multiplies the pixel count (the cost of every
+#   later step) and would magnify any artefact left behind.
+# - faces after everything: a face network restores an aligned crop of the finished photo
+#   (as Real-ESRGAN's --face_enhance restores faces on the upscaled result), and only the
+#   faces change.
 CANONICAL_ORDER = ("old-photo", "remove-text", "jpeg", "derain", "dehaze", "lowlight", "denoise", "deblur",
-                   "enhance", "superres")
+                   "enhance", "superres", "faces")
 
 
 class InstructionError(ValueError):
@@ -190,6 +193,15 @@ LEXICON: dict[str, dict[str, str]] = {
         "action": "restore old, photo restoration",
         "quality": "",
     },
+    "faces": {
+        # "face" is a quality: "the face isn't sharp" asks for it, "don't touch the faces"
+        # and "keep the faces" leave them alone
+        "problem": "",
+        "action": "face restoration, restore the face, restore the faces, restore faces, face enhancement, "
+                  "enhance the face, enhance the faces, enhance faces, fix the face, fix the faces, fix faces, "
+                  "face fix, face retouch",
+        "quality": "face, faces, facial, facial features, facial details",
+    },
     "remove-text": {
         "problem": "text, watermark, caption, subtitle, logo, lettering, letters, writing, "
                    "written, words, word, timestamp, time stamp, date stamp, datestamp, stamp, "
@@ -223,6 +235,7 @@ WEAK: dict[str, dict[str, float]] = {
                   "scanned": 1.0, "grandma": 1.0, "grandpa": 1.0, "grandparents": 1.0,
                   "black and white": 1.0, "print": 0.8},
     "remove-text": {"sign": 0.5, "numbers": 0.8, "date": 1.0},
+    "faces": {"portrait": 1.2, "selfie": 1.2, "headshot": 1.2},
 }
 
 STRENGTH_WORDS: dict[str, float] = {
@@ -648,6 +661,11 @@ _NEGATION_EXCLUDES = {
 # "<problem> removal/reduction/...": the problem word names the operation ("no text removal").
 _OPERATION_NOUNS = {_stem(w) for w in ("removal", "reduction", "correction", "remover", "filter",
                                         "cleanup", "fix", "fixing", "suppression")}
+# In a clause about faces ("the face is blurry", "denoise the faces") blur and noise are the
+# faces' own, for the face network; unless the clause names motion, which blurs the whole photo.
+_FACE_ABSORBS = ("deblur", "denoise", "jpeg")
+_MOTION = {_stem(w) for w in ("motion", "shake", "shook", "shaking", "jitter", "jittery", "smear", "smeared",
+                              "ghosting", "moved", "moving")}
 # Words that say text is to be read, so it must be kept and made sharp, not removed.
 _READABILITY = {_stem(w) for w in ("unreadable", "illegible", "readable", "legible", "read")}
 _NEGATION_WINDOW = 6  # words between a negation and what it negates
@@ -905,6 +923,15 @@ def _steps(clauses: list[_Clause], hits: list[_Hit], original: str, normalised: 
         notes.append("keeping the text: it is meant to be read")
         requested = [h for h in requested if not (h.task == "remove-text" and h.clause in reading)]
 
+    # "the face is blurry": the blur is the face's, for the face network (not for motion)
+    face_clauses = {h.clause for h in requested if h.task == "faces"}
+    motion = {h.clause for h in hits if h.task == "deblur" and _MOTION & set(_phrase_stems(h.words))}
+    absorbed = [h for h in requested if h.task in _FACE_ABSORBS and h.clause in face_clauses - motion]
+    if absorbed:
+        requested = [h for h in requested if h not in absorbed]
+        said = ", ".join(dict.fromkeys(repr(h.words) for h in absorbed))
+        notes.append(f"read {said} as about the faces: the face network restores them")
+
     # multipliers ("double", "2 times", "by 300%") scale a superres step in their clause, or
     # are one when the clause names no other task ("double it")
     for index, clause in enumerate(clauses):
@@ -1004,6 +1031,7 @@ _EXAMPLES = {
     "jpeg": '"remove JPEG artifacts", "blocky compression"',
     "old-photo": '"restore this old photo", "scratches", "faded vintage print"',
     "remove-text": '"remove the watermark", "erase the caption", "subtitles", "logo"',
+    "faces": '"fix the faces", "restore the face", "the face is blurry", "enhance faces"',
 }
 
 

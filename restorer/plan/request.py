@@ -20,6 +20,9 @@ from restorer.zoo.layout import is_ready
 # Tasks run by a multi-stage pipeline, and the built-in operator each falls back to when
 # its networks are not installed (classical detection + inpainting).
 PIPELINE_FALLBACKS = {"old-photo": "builtin:inpaint", "remove-text": "builtin:inpaint"}
+# Tasks whose networks run inside a pipeline rather than over tiles (faces: detect, align,
+# restore each face, paste back; restorer.pipelines.face_restore). Faces have no fallback.
+PIPELINE_TASKS = frozenset(PIPELINE_FALLBACKS) | {"faces"}
 SUPERRES_SCALES = (2, 3, 4)  # what the built-in upscaler does in one step
 # Larger factors are made of several steps (x8 = x4 then x2), up to this in total: beyond it
 # a photo becomes hundreds of megapixels of invented detail.
@@ -124,6 +127,9 @@ class Options:
     scale: int | None = None
     strength: float | None = None
     extra: dict = field(default_factory=dict)  # pipeline options: mask, dilate, scratches, faces, hr
+    # Restore the faces after the other steps (restorer-cli --faces): one more step, "faces",
+    # at the end of the plan, unless the plan already has one.
+    faces: bool = False
 
 
 @dataclass
@@ -215,7 +221,17 @@ def plan_request(options: Options, *, task: str | None = None, model: str | None
         steps = resolve(lambda: [resolve_task(task, options, catalog)])
     else:
         steps = resolve_instruction(instruction, options, catalog, keep_missing=keep_missing)
+    if options.faces and not any(s.task == "faces" for s in steps):
+        steps += resolve(lambda: [faces_step(options, catalog)])
     return Plan([_with_scales(s, options, catalog) for s in steps], options.device, options.tile)
+
+
+def faces_step(options: Options, catalog: Catalog | None = None) -> Step:
+    """The face-restoration step --faces adds at the end of a plan: the best installed face
+    network, at its own default strength (the other steps' --strength is theirs)."""
+    step = resolve_task("faces", Options(options.device, options.tile), catalog)
+    step.why = f"faces restored last (--faces); {step.why}"
+    return step
 
 
 def missing_step(error: NotInstalled, catalog: Catalog, prompt: str = "") -> Step:
@@ -363,7 +379,7 @@ def resolve_task(task: str, options: Options, catalog: Catalog | None = None, pr
 
 
 def _backend_of(spec: ModelSpec) -> str:
-    if any(t in PIPELINE_FALLBACKS for t in spec.tasks):
+    if any(t in PIPELINE_TASKS for t in spec.tasks):
         return Backend.PIPELINE
     if spec.builtin:
         return Backend.BUILTIN

@@ -13,19 +13,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-# Plain words for each task, for progress lines ("Reduce noise: tile 3 of 12").
-TASK_WORDS = {
-    "denoise": "Reduce noise",
-    "deblur": "Remove blur",
-    "derain": "Remove rain",
-    "dehaze": "Remove haze",
-    "lowlight": "Brighten",
-    "enhance": "Enhance",
-    "superres": "Upscale",
-    "jpeg": "Remove JPEG artifacts",
-    "old-photo": "Repair the old photo",
-    "remove-text": "Remove text",
-}
+from restorer.tasks import TASK_WORDS
 
 # Backends whose step runs the tiling engine exactly once (restorer.batch.restore.apply_runner),
 # so its tile reports start at 1 again when the step starts. Pipelines and resizes report none.
