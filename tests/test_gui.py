@@ -817,3 +817,25 @@ def test_dropped_photos_are_queued_and_restored_beside_their_originals(qtbot, wi
     assert states == {"broken.png": "failed", "p0.png": "done", "p1.png": "done", "p2.png": "done"}
     assert all((folder / f"p{i}_restored.png").is_file() for i in range(3))
     assert "broken.png" in window.message.text() or "failed" in window.message.text().lower()
+
+
+def test_faces_found_by_a_face_step_are_outlined_on_the_photo(qtbot, settings, store_home):
+    from restorer_ui.main_window import MainWindow
+
+    from tests.test_face_cli import install_fake_face_model
+
+    install_fake_face_model(store_home)  # before the window reads the catalog
+    window = MainWindow(settings)
+    qtbot.addWidget(window)
+    window.show()
+    open_and_wait(qtbot, window, SAMPLES / "fbcnn_real_2_face.jpg")
+    window.request.set_task("faces", "test-face")
+    assert window.request.ok, window.request.plan.text()
+    window.start_restore()
+    qtbot.waitUntil(lambda: not window.is_busy(), timeout=60000)
+    assert window.result is not None, window.message.text()
+    marks = window.view.marks()
+    assert marks and marks[0][1] == "Face 1" and marks[0][2]
+    rect = marks[0][0]
+    assert 0 <= rect.left() < rect.right() <= window.source.width and 0 <= rect.top() < rect.bottom() <= window.source.height
+    window.close()

@@ -26,6 +26,7 @@ MODES = ("split", "side", "diff")
 MIN_ZOOM, MAX_ZOOM = 0.01, 32.0
 DIVIDER_GRAB = 8  # pixels either side of the divider that pick it up
 BACKGROUND = QColor(48, 48, 48)
+MARK_COLOUR = QColor(80, 200, 255)  # face outlines: apart from the preview's colour
 PREVIEW_COLOUR = QColor(255, 200, 40)
 MIN_PREVIEW_SIDE = 16  # a drawn region smaller than this (image pixels) is a slip: the old one stays
 
@@ -61,6 +62,7 @@ class CompareView(QWidget):
         self._patch: Pyramid | None = None  # a preview's result, painted over _patch_rect
         self._patch_rect: QRectF | None = None
         self._patch_diff: Pyramid | None = None
+        self._marks: list[tuple[QRectF, str, bool]] = []  # (rect in the original's pixels, label, done)
 
     # ------------------------------------------------------------ content
 
@@ -68,6 +70,7 @@ class CompareView(QWidget):
         """A new original: any result, preview and region belong to the old one and go."""
         self.before, self.after, self._diff = pyramid, None, None
         self._preview_rect = None
+        self._marks = []
         self.set_preview_result(None)
         self.fit()
 
@@ -369,6 +372,31 @@ class CompareView(QWidget):
             self._paint_divider(painter, x)
         for pane in self.panes():
             self._paint_preview_outline(painter, pane)
+            self._paint_marks(painter, pane)
+
+    def set_marks(self, marks: list[tuple[QRectF, str, bool]]) -> None:
+        """Outlined regions of the original with a label, e.g. the faces a face step found:
+        solid when something was done there, dashed when it was left as it was."""
+        self._marks = [(QRectF(rect), label, done) for rect, label, done in marks]
+        self.update()
+
+    def marks(self) -> list[tuple[QRectF, str, bool]]:
+        return list(self._marks)
+
+    def _paint_marks(self, painter: QPainter, pane: QRectF) -> None:
+        if not self._marks:
+            return
+        painter.save()
+        painter.setClipRect(pane)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        for rect, label, done in self._marks:
+            box = self.image_to_widget(rect, pane)
+            painter.setPen(QPen(QColor(0, 0, 0, 160), 3))
+            painter.drawRect(box)
+            painter.setPen(QPen(MARK_COLOUR, 1, Qt.PenStyle.SolidLine if done else Qt.PenStyle.DashLine))
+            painter.drawRect(box)
+            painter.drawText(box.adjusted(3, 2, 0, 0), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop, label)
+        painter.restore()
 
     def _paint_after(self, painter: QPainter, pane: QRectF, clip: QRectF) -> None:
         """The after side: the result (the original when there is none) and over it the preview."""

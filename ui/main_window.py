@@ -83,6 +83,19 @@ def _box(rect: QRectF) -> tuple[int, int, int, int]:
     return int(rect.left()), int(rect.top()), int(rect.right()), int(rect.bottom())
 
 
+def face_marks(reports, scale: float) -> list[tuple[QRectF, str, bool]]:
+    """The faces a face step found, as outlines on the original (`scale`: original size over
+    the size the step ran at): "Face 2" where restored, the reason where left alone."""
+    marks = []
+    for report in reports:
+        faces = [stage for stage in report.stages if "box" in stage and stage.get("stage", "").startswith("face-")]
+        for k, face in enumerate(faces, 1):
+            x0, y0, x1, y1 = (v * scale for v in face["box"])
+            label = f"Face {k}" if face.get("restored") else f"Face {k}: {face.get('reason', 'left as it was')}"
+            marks.append((QRectF(x0, y0, x1 - x0, y1 - y0), label, bool(face.get("restored"))))
+    return marks
+
+
 class SaveDialog(QDialog):
     """Where to save, in which format, at which quality."""
 
@@ -998,6 +1011,7 @@ class MainWindow(QMainWindow):
         self.preview_result, self._preview_key = None, None
         self.view.set_preview_result(None)  # the whole result now shows what the preview did
         self.view.set_after(result.pyramid)
+        self.view.set_marks(face_marks(result.reports, self.source.width / max(1, result.image.width)))
         self.progress_label.setText("Done.")
         lines = [f"Restored in {result.seconds:.1f} s: {result.image.width} x {result.image.height}"]
         for r in result.reports:

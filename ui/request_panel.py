@@ -42,6 +42,7 @@ TASK_LABELS = {
     "denoise": "Remove noise", "deblur": "Remove blur", "derain": "Remove rain", "dehaze": "Remove haze",
     "lowlight": "Brighten a dark photo", "enhance": "Enhance colour and tone", "superres": "Upscale (super-resolution)",
     "jpeg": "Remove JPEG artefacts", "old-photo": "Repair an old photo", "remove-text": "Remove text",
+    "faces": "Restore faces",
 }
 AUTO = ""  # the model combo's "best installed" entry
 STRENGTH_TASKS = ("denoise", "dehaze", "lowlight", "superres")  # the built-in operators take a strength
@@ -213,6 +214,10 @@ class RequestPanel(QWidget):
         self.faces = QCheckBox("Enhance faces")
         self.faces.setChecked(True)
         self.hr = QCheckBox("High-resolution mode")
+        # restorer-cli --faces: the faces restored after the task, with the best face model
+        self.then_faces = QCheckBox("Then restore the faces")
+        self.then_faces.setToolTip("Find the faces and restore them with a face model after this task "
+                                   "(GFPGAN, RestoreFormer); only the faces change")
         self.dilate = QSpinBox()
         self.dilate.setRange(0, 50)
         self.dilate.setValue(2)
@@ -233,13 +238,14 @@ class RequestPanel(QWidget):
             (("old-photo",), "", self.hr),
             (("remove-text",), "Mask (white = remove)", mask_row),
             (("remove-text",), "Grow mask by", self.dilate),
+            (tuple(t for t in TASKS if t not in ("faces", "old-photo")), "", self.then_faces),
         ):
             caption = QLabel(label)
             form.addRow(caption, field)
             for task in tasks:
                 self._task_rows.setdefault(task, []).append((caption, field))
         self.scratches.currentIndexChanged.connect(self.schedule)
-        for w in (self.faces, self.hr):
+        for w in (self.faces, self.hr, self.then_faces):
             w.toggled.connect(self.schedule)
         self.dilate.valueChanged.connect(self.schedule)
         self.mask_path.textChanged.connect(self.schedule)
@@ -357,6 +363,7 @@ class RequestPanel(QWidget):
         extra = self.task_options(task)[1]
         options.strength = strength if task in STRENGTH_TASKS else None
         options.extra.update(extra)
+        options.faces = self.then_faces.isChecked() and task not in ("faces", "old-photo")
         if model:
             return request.plan_request(options, model=model, catalog=self.catalog, keep_missing=keep_missing)
         return request.plan_request(options, task=task, catalog=self.catalog, keep_missing=keep_missing)
