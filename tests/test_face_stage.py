@@ -140,6 +140,14 @@ def test_strength_zero_leaves_the_photo_unchanged_and_skips_the_network():
     assert any("unchanged" in n for n in result.notes)
 
 
+def test_a_face_switched_off_is_left_as_it_was():
+    pixels = photo("oldphoto_scratch_b.png")
+    runner = FakeFaceRunner()
+    result = restore_faces(pixels, runner, keep=frozenset({0}))
+    assert np.array_equal(result.pixels, pixels) and runner.calls == 0
+    assert not result.faces[0].restored and "turned off" in result.faces[0].reason
+
+
 def test_strength_blends_between_the_original_and_the_restored_face():
     pixels = photo("oldphoto_scratch_b.png")
     full = restore_faces(pixels, FakeFaceRunner(blur=1.5), strength=1.0, keep_mask=True)

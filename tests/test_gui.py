@@ -838,4 +838,12 @@ def test_faces_found_by_a_face_step_are_outlined_on_the_photo(qtbot, settings, s
     assert marks and marks[0][1] == "Face 1" and marks[0][2]
     rect = marks[0][0]
     assert 0 <= rect.left() < rect.right() <= window.source.width and 0 <= rect.top() < rect.bottom() <= window.source.height
+    assert not np.array_equal(window.result.pixels, window.source.pixels)
+    # the face's switch: off restores the photo again without that face (here: nothing changes)
+    assert window.faces_row.isVisible() and [b.isChecked() for b in window.face_switches] == [True]
+    window.face_switches[0].setChecked(False)
+    qtbot.waitUntil(lambda: not window.is_busy() and window.view.marks() and not window.view.marks()[0][2],
+                    timeout=60000)
+    assert window.kept_faces == {0} and "turned off" in window.view.marks()[0][1]
+    assert np.array_equal(window.result.pixels, window.source.pixels)
     window.close()

@@ -11,6 +11,7 @@ import numpy as np
 from PySide6.QtCore import QRectF, Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QFont, QFontMetrics, QGuiApplication, QImage, QKeySequence
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -240,6 +241,14 @@ class MainWindow(QMainWindow):
         self.controls_area.setFrameShape(QFrame.Shape.NoFrame)
         self.controls_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.side_layout.addWidget(self.controls_area, 1)
+        # One switch per face a face step found: turning one off restores again without it.
+        self.faces_row = QWidget()
+        self.faces_layout = QHBoxLayout(self.faces_row)
+        self.faces_layout.setContentsMargins(0, 0, 0, 0)
+        self.faces_row.setVisible(False)
+        self.face_switches: list[QCheckBox] = []
+        self.kept_faces: set[int] = set()  # indices (from 0) of faces left as they were
+        self.side_layout.addWidget(self.faces_row)
         self.side_layout.addWidget(self._build_action_bar())
 
         self.view_bar = self._build_view_bar()
@@ -534,6 +543,7 @@ class MainWindow(QMainWindow):
         self.cancel_button.setEnabled(can_cancel)
         self.open_button.setEnabled(not busy)
         self.preview_button.setEnabled(self.source is not None)
+        self.faces_row.setEnabled(not busy)
         self.compare_button.setEnabled(self.source is not None and not busy)
         can_save = self.result is not None and self.save_job is None
         for w in (self.save_button, self.save_as_button):
@@ -785,6 +795,25 @@ class MainWindow(QMainWindow):
         self.show_photo()
         self.start_restore()
 
+    def _show_face_switches(self, marks: list) -> None:
+        for box in self.face_switches:
+            box.deleteLater()
+        self.face_switches = []
+        for k, (_, label, done) in enumerate(marks):
+            box = QCheckBox(f"Face {k + 1}")
+            box.setChecked(done)
+            box.setEnabled(done or k in self.kept_faces)  # a face too small or outside stays off
+            box.setToolTip(label)
+            box.toggled.connect(lambda on, k=k: self.switch_face(k, on))
+            self.faces_layout.addWidget(box)
+            self.face_switches.append(box)
+        self.faces_row.setVisible(bool(marks))
+
+    def switch_face(self, index: int, on: bool) -> None:
+        """Restore face `index` (from 0) or leave it as it was, and restore the photo again."""
+        (self.kept_faces.discard if on else self.kept_faces.add)(index)
+        self.start_restore()
+
     # ------------------------------------------------------------ opening
 
     def open_dialog(self) -> None:
@@ -811,6 +840,8 @@ class MainWindow(QMainWindow):
 
     def _loaded(self, path: Path | None, image: imaging.Image, pyramid: Pyramid) -> None:
         self.source, self.source_path, self.result, self.save_path = image, path, None, None
+        self.kept_faces.clear()
+        self._show_face_switches([])
         self._result_key, self.preview_result, self._preview_key = None, None, None
         self.view.set_before(pyramid)  # fitted; any region and preview of the last photo go
         if self.preview_action.isChecked():
@@ -941,6 +972,9 @@ class MainWindow(QMainWindow):
             return
         # The window owns the runners: kept while the plan's models stay, released when they change.
         self.runners.keep_only({step.model for step in plan.steps})
+        for step in plan.steps:
+            if step.task == "faces" and self.kept_faces:
+                step.options["keep_faces"] = sorted(self.kept_faces)
         self._restoring_key = repr(plan.entries())
         job = RestoreJob(self.source, plan, self.runners, self)
         job.hook(job.progress, self._progress)
@@ -1011,7 +1045,9 @@ class MainWindow(QMainWindow):
         self.preview_result, self._preview_key = None, None
         self.view.set_preview_result(None)  # the whole result now shows what the preview did
         self.view.set_after(result.pyramid)
-        self.view.set_marks(face_marks(result.reports, self.source.width / max(1, result.image.width)))
+        marks = face_marks(result.reports, self.source.width / max(1, result.image.width))
+        self.view.set_marks(marks)
+        self._show_face_switches(marks)
         self.progress_label.setText("Done.")
         lines = [f"Restored in {result.seconds:.1f} s: {result.image.width} x {result.image.height}"]
         for r in result.reports:

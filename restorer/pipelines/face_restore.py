@@ -181,13 +181,14 @@ def paste_face(out: np.ndarray, restored: np.ndarray, matrix: np.ndarray, streng
 
 def restore_faces(pixels: np.ndarray, runner, *, strength: float = 1.0, min_face: int = MIN_FACE,
                   faces: list[Face] | None = None, upsample: int | None = None, keep_mask: bool = False,
-                  cancel=None) -> FaceResult:
+                  cancel=None, keep: frozenset[int] = frozenset()) -> FaceResult:
     """Restore every face of an H x W x C image (C = 1 or 3, values in [0, 1]) with `runner`.
 
     `faces`: the faces to restore (e.g. the app's selection); None finds them with dlib
     (`upsample` as restorer.pipelines.faces.detect_faces; raises FacesUnavailable without
-    dlib). The aligned size is the runner's fixed tile, else FACE_SIZE. Faces are cut from the
-    input and composed one after the other. Pixels outside every face's mask support are
+    dlib). `keep`: indices (from 0, in the order found) of faces to leave as they are (the
+    app's per-face switch). The aligned size is the runner's fixed tile, else FACE_SIZE. Faces
+    are cut from the input and composed one after the other. Pixels outside every face's mask support are
     returned bit-identical; with `strength` 0 the whole image is."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be from 0 to 1, not {strength}")
@@ -218,6 +219,9 @@ def restore_faces(pixels: np.ndarray, runner, *, strength: float = 1.0, min_face
             continue
         if strength == 0:
             outcome.reason = "strength 0"
+            continue
+        if k in keep:
+            outcome.reason = "kept as it was (turned off)"
             continue
         matrix = alignment(face.landmarks, size)
         if matrix is None:
@@ -256,7 +260,8 @@ def run(step, image, ctx, report):
         runner = ctx.cache.network(load_catalog().get(step.model), ctx.device)
         report.ran(runner)
     t = time.perf_counter()
-    result = restore_faces(image.pixels, runner, strength=strength, faces=faces, cancel=ctx.cancel)
+    keep = frozenset(int(k) for k in step.options.get("keep_faces", ()))  # the app's per-face switch
+    result = restore_faces(image.pixels, runner, strength=strength, faces=faces, cancel=ctx.cancel, keep=keep)
     result.detector = detector
     report.stages.append({"stage": "face-restoration", "backend": step.model,
                           "seconds": round(time.perf_counter() - t, 3), "restored": result.restored,
