@@ -6,16 +6,14 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, QTimer
-from PySide6.QtGui import QIcon, QPixmap
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
@@ -23,12 +21,11 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QSplitter,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
-from restorer_ui.imageconv import to_qimage
+from restorer_ui.file_table import file_table, thumbnail
 from restorer_ui.jobs import BatchJob, BatchOutcome
 from restorer_ui.request_panel import RequestPanel
 from restorer_ui.settings import OUTPUT_FORMATS, AppSettings
@@ -42,21 +39,6 @@ THUMB = 48
 COLUMNS = ("", "File", "Status", "Time", "Message")
 STATUS_TEXT = {"pending": "waiting", "running": "restoring...", "done": "done", "skipped": "skipped (exists)",
                "failed": "FAILED", "cancelled": "cancelled"}
-
-
-def thumbnail(path: Path, size: int = THUMB) -> QPixmap | None:
-    """A small preview, decoded at reduced size where the format allows (JPEG draft)."""
-    import numpy as np
-    from PIL import Image as PILImage
-
-    try:
-        with PILImage.open(path) as pil:
-            pil.draft("RGB", (size * 2, size * 2))
-            pil = pil.convert("RGB")
-            pil.thumbnail((size, size))
-            return QPixmap.fromImage(to_qimage(np.asarray(pil)))
-    except Exception:
-        return None
 
 
 class BatchWindow(QWidget):
@@ -114,19 +96,7 @@ class BatchWindow(QWidget):
         left_layout.addWidget(self.status)
         left_layout.addStretch(1)
 
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setIconSize(QSize(THUMB, THUMB))
-        self.table.verticalHeader().setDefaultSectionSize(THUMB + 4)
-        self.table.verticalHeader().hide()
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
-        self.table.setColumnWidth(0, THUMB + 8)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
-        self.table.setColumnWidth(1, 260)
-        header.setStretchLastSection(True)
+        self.table = file_table(COLUMNS, THUMB, name_width=260)
         self.summary = QPlainTextEdit()
         self.summary.setReadOnly(True)
         self.summary.setPlaceholderText("The summary appears here when the batch ends.")
@@ -281,7 +251,7 @@ class BatchWindow(QWidget):
             return
         for row in todo:
             self._thumbs_done.add(row)
-            pixmap = thumbnail(self.items[row].input)
+            pixmap = thumbnail(self.items[row].input, THUMB)
             if pixmap is not None:
                 self.table.item(row, 0).setIcon(QIcon(pixmap))
 

@@ -13,20 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
+from restorer_ui.file_table import file_table, thumbnail
 from restorer_ui.jobs import BatchJob, BatchOutcome
 
 from restorer.batch import files
@@ -93,19 +91,7 @@ class QueuePanel(QWidget):
         buttons.addWidget(self.clear_button)
         buttons.addStretch(1)
 
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setIconSize(QSize(THUMB, THUMB))
-        self.table.verticalHeader().setDefaultSectionSize(THUMB + 4)
-        self.table.verticalHeader().hide()
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
-        self.table.setColumnWidth(0, THUMB + 8)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
-        self.table.setColumnWidth(1, 180)
-        header.setStretchLastSection(True)
+        self.table = file_table(COLUMNS, THUMB, name_width=180)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -326,8 +312,6 @@ class QueuePanel(QWidget):
         """Two per tick, only rows on screen (a dropped folder of thousands decodes only what
         is looked at)."""
         # Imported here: batch_window imports main_window, which will import this module.
-        from restorer_ui.batch_window import thumbnail
-
         todo = [r for r in self.visible_rows() if r not in self._thumbs_done][:2]
         if not todo:
             self._thumb_timer.stop()
