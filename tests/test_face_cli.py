@@ -133,3 +133,17 @@ def test_faces_runs_end_to_end_with_an_installed_face_model(tmp_path):
     assert [s["task"] for s in steps] == ["superres", "faces"]
     assert any(s["stage"] == "face-01" and s["restored"] for s in steps[1]["stages"])
     assert Image.open(tmp_path / "up" / PHOTO.name).size == (512, 512)
+
+
+def test_faces_without_a_face_detector_are_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    from restorer import cli
+    from restorer.plan import request
+
+    home = tmp_path / "home"
+    install_fake_face_model(home)
+    monkeypatch.setenv("RESTORER_HOME", str(home))
+    monkeypatch.setattr(request, "find_spec", lambda name: None)  # dlib not installed
+    code = cli.main([str(PHOTO), "-o", str(tmp_path / "out"), "--task", "faces"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pip install 'restorer[faces]'" in err[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

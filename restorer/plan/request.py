@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from importlib.util import find_spec
 
 from restorer.plan.instructions import InstructionError, resolve_scale
 from restorer.plan.instructions import plan as parse_instruction
@@ -223,6 +224,10 @@ def plan_request(options: Options, *, task: str | None = None, model: str | None
         steps = resolve_instruction(instruction, options, catalog, keep_missing=keep_missing)
     if options.faces and not any(s.task == "faces" for s in steps):
         steps += resolve(lambda: [faces_step(options, catalog)])
+    if not keep_missing and any(s.task == "faces" and s.backend == Backend.PIPELINE for s in steps) \
+            and find_spec("dlib") is None:
+        # the face step would find no face and change nothing: say so before any file is read
+        raise RequestError("restoring faces needs a face detector: pip install 'restorer[faces]' (dlib-bin)")
     return Plan([_with_scales(s, options, catalog) for s in steps], options.device, options.tile)
 
 
