@@ -847,3 +847,23 @@ def test_faces_found_by_a_face_step_are_outlined_on_the_photo(qtbot, settings, s
     assert window.kept_faces == {0} and "turned off" in window.view.marks()[0][1]
     assert np.array_equal(window.result.pixels, window.source.pixels)
     window.close()
+
+
+def test_garbage_is_collected_on_the_gui_thread_only(qtbot):
+    import gc
+
+    from restorer_ui.gc_guard import MainThreadCollector
+
+    collector = MainThreadCollector()
+    try:
+        assert not gc.isenabled()  # a worker thread crossing a threshold collects nothing
+        cycles = [[] for _ in range(gc.get_threshold()[0] + 10)]
+        for c in cycles:
+            c.append(c)
+        del cycles
+        assert gc.get_count()[0] > gc.get_threshold()[0]
+        collector.collect()  # what the timer does on the GUI thread
+        assert gc.get_count()[0] < gc.get_threshold()[0]
+    finally:
+        collector.timer.stop()
+        gc.enable()

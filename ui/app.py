@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([sys.argv[0], *qt_args])
     app.setApplicationName("Restorer")
     app.setOrganizationName("restorer")
+    from restorer_ui.gc_guard import MainThreadCollector
+
+    app.collector = MainThreadCollector(app)  # garbage holding Qt objects is freed on this thread only
     if args.selftest:
         return selftest(app, download=args.selftest_download)
     from restorer_ui.main_window import MainWindow
