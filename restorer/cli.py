@@ -123,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text boxes in pixels instead of detecting them")
     g.add_argument("--dilate", type=_number(int, 0), default=None, metavar="N", help="grow the text mask by N pixels")
     g.add_argument("--save-intermediates", action="store_true", help="write each stage's image beside the output")
+    gen = p.add_argument_group("generative upscaling (invents detail; restorer[generative])")
+    gen.add_argument("--generative", action="store_true",
+                     help="upscale with a diffusion model (ldm-sr-x4, sd-x4-upscaler): invents plausible detail")
+    gen.add_argument("--seed", type=_number(int, 0), metavar="N", help="the same seed gives the same output (default 0)")
+    gen.add_argument("--steps", type=_number(int, 1, 1000), metavar="N", help="denoising steps (more: slower, finer)")
+    gen.add_argument("--guidance", type=_number(float, 0, 50), metavar="G",
+                     help="how closely to follow the prompt (sd-x4-upscaler; default 9)")
+    gen.add_argument("--noise-level", type=_number(int, 0, 350), metavar="N",
+                     help="noise added to the input first (sd-x4-upscaler; default 20): more invents more")
+    gen.add_argument("--prompt", metavar="TEXT", help="what the photo shows, to guide sd-x4-upscaler")
+    gen.add_argument("--negative-prompt", metavar="TEXT", help="what to avoid (sd-x4-upscaler)")
     p.add_argument("--version", action="version", version=f"restorer {__version__}")
     return p
 
@@ -239,7 +250,8 @@ def run(args) -> int:
         return fail(f"{args.output}: is a file, not a folder (-o names the folder outputs go to)")
 
     options = Options(device=args.device, tile=args.tile, scale=args.scale, strength=args.strength,
-                      extra=pipeline_options(args), faces=bool(args.faces) and args.task != "old-photo")
+                      extra=pipeline_options(args), faces=bool(args.faces) and args.task != "old-photo",
+                      generative=args.generative, generation=generation_options(args))
     asked: set[str] = set()
     while True:
         try:
@@ -422,6 +434,12 @@ def _tiles_bar(name, show):
     from tqdm import tqdm
 
     return tqdm(total=100, desc=name, bar_format="{bar:20}| {desc}", leave=False, file=sys.stderr)
+
+
+def generation_options(args) -> dict:
+    """The generative settings the user gave (the model's defaults fill in the rest)."""
+    names = ("seed", "steps", "guidance", "noise_level", "prompt", "negative_prompt")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def pipeline_options(args) -> dict:

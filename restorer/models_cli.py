@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="fetch a model's files (progress, resume, sha256)")
     dl.add_argument("id")
     dl.add_argument("--mirror", metavar="URL", help="fetch files from URL/<file name> instead")
-    add = sub.add_parser("add", help="install a checkpoint (or a zip of them) you downloaded yourself")
+    add = sub.add_parser("add", help="install a checkpoint, a zip of them, or a diffusers model folder you downloaded")
     add.add_argument("file", type=Path)
     add.add_argument("--id", dest="model_id", metavar="ID", help="check the file against this model only")
     ver = sub.add_parser("verify", help="check installed files (sha256, tensor names and shapes)")
@@ -314,6 +314,8 @@ def cmd_export(args) -> int:
     from restorer.convert.export import export_model, export_parts
 
     spec = _spec(args.id)
+    if spec.generative:
+        return fail(f"'{spec.id}' is a diffusion pipeline: it runs in PyTorch through diffusers, not from ONNX")
     precision = "fp16" if args.fp16 else "fp32"
     specs = [spec]
     if spec.is_pipeline:  # a pipeline is exported as its parts: those that are here

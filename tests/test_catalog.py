@@ -12,7 +12,7 @@ from restorer.tasks import TASKS
 from restorer.zoo.catalog import load_catalog
 from tests.manifests import FIXTURES
 
-SPECIAL_ARCHS = {"builtin", "pipeline", "bundled"}
+SPECIAL_ARCHS = {"builtin", "pipeline", "bundled", "diffusers"}
 RAW = tomllib.loads(resources.files("restorer_models").joinpath("catalog.toml").read_text())["model"]
 
 

@@ -114,6 +114,7 @@ class ModelManager(QWidget):
         self.buttons = {}
         for key, label, slot in (("download", "Download", self.download_selected),
                                  ("add", "Add a file...", self.add_file),
+                                 ("add_folder", "Add a folder...", self.add_folder),
                                  ("verify", "Verify", self.verify_selected),
                                  ("remove", "Remove", self.remove_selected),
                                  ("export", "Export to ONNX", self.export_selected),
@@ -295,6 +296,16 @@ class ModelManager(QWidget):
             self._message(text)
 
         self._run(add, f"adding {Path(path).name}", done)
+
+    def add_folder(self, path: str | None = None) -> None:
+        """A diffusers model folder (model_index.json and its parts), e.g. a generative upscaler
+        fetched with git or huggingface-cli."""
+        if self.job is not None:
+            return
+        if not path:
+            path = QFileDialog.getExistingDirectory(self, "Add a diffusers model folder (with model_index.json)")
+        if path:
+            self.add_file(path)
 
     def verify_selected(self) -> None:
         spec = self.selected()

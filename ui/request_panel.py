@@ -218,6 +218,18 @@ class RequestPanel(QWidget):
         self.then_faces = QCheckBox("Then restore the faces")
         self.then_faces.setToolTip("Find the faces and restore them with a face model after this task "
                                    "(GFPGAN, RestoreFormer); only the faces change")
+        # restorer-cli --generative --seed --steps: a diffusion upscale that invents detail
+        self.generative = QCheckBox("Generative: invents detail")
+        self.generative.setToolTip("Upscale 4x with a diffusion model (ldm-sr-x4, sd-x4-upscaler): it invents "
+                                   "plausible detail that was not in the photo, different for each seed. "
+                                   "Not for forensic, medical or scientific images.")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setToolTip("The same seed gives the same result; another seed, other invented detail")
+        self.steps = QSpinBox()
+        self.steps.setRange(0, 1000)
+        self.steps.setSpecialValueText("model default")
+        self.steps.setToolTip("Denoising steps: more is slower and finer")
         self.dilate = QSpinBox()
         self.dilate.setRange(0, 50)
         self.dilate.setValue(2)
@@ -238,6 +250,9 @@ class RequestPanel(QWidget):
             (("old-photo",), "", self.hr),
             (("remove-text",), "Mask (white = remove)", mask_row),
             (("remove-text",), "Grow mask by", self.dilate),
+            (("superres",), "", self.generative),
+            (("superres",), "Seed", self.seed),
+            (("superres",), "Denoising steps", self.steps),
             (tuple(t for t in TASKS if t not in ("faces", "old-photo")), "", self.then_faces),
         ):
             caption = QLabel(label)
@@ -245,8 +260,11 @@ class RequestPanel(QWidget):
             for task in tasks:
                 self._task_rows.setdefault(task, []).append((caption, field))
         self.scratches.currentIndexChanged.connect(self.schedule)
-        for w in (self.faces, self.hr, self.then_faces):
+        for w in (self.faces, self.hr, self.then_faces, self.generative):
             w.toggled.connect(self.schedule)
+        self.generative.toggled.connect(lambda on: on and self.scale.setCurrentIndex(self.scale.findData(4)))
+        self.seed.valueChanged.connect(self.schedule)
+        self.steps.valueChanged.connect(self.schedule)
         self.dilate.valueChanged.connect(self.schedule)
         self.mask_path.textChanged.connect(self.schedule)
 
@@ -267,6 +285,10 @@ class RequestPanel(QWidget):
             if self.mask_path.text().strip():
                 extra["mask"] = self.mask_path.text().strip()
         return strength, extra
+
+    def generation(self) -> dict:
+        """The generative settings in the panel (restorer-cli --seed, --steps)."""
+        return {"seed": self.seed.value(), **({"steps": self.steps.value()} if self.steps.value() else {})}
 
     # ------------------------------------------------------------ state
 
@@ -301,6 +323,8 @@ class RequestPanel(QWidget):
         for spec in self.catalog.for_task(task):
             ready = request.installed(spec)
             label = f"Built-in: {spec.title}" if spec.builtin else f"{spec.title} [{spec.id}]"
+            if spec.generative:
+                label = f"Invents detail: {label}"
             if spec.non_commercial:
                 label += " (non-commercial)"
             fetchable = not ready and bool(request.to_download(spec, self.catalog))
@@ -328,7 +352,8 @@ class RequestPanel(QWidget):
 
     def _mode_changed(self) -> None:
         by_task = self.by_task.isChecked()
-        for w in (self.task, self.model, self.scale, self.scratches, self.faces, self.hr, self.dilate, self.mask_path):
+        for w in (self.task, self.model, self.scale, self.scratches, self.faces, self.hr, self.dilate, self.mask_path,
+                  self.generative):
             w.setEnabled(by_task)
         self._show_strength()
         self.schedule()
@@ -353,7 +378,9 @@ class RequestPanel(QWidget):
     def _instruction_plan(self, text: str, keep_missing: bool = False) -> request.Plan:
         if not text.strip():
             raise request.RequestError("type what is wrong with the photo, e.g. \"it is noisy and blurry\"")
-        return request.plan_request(self.options(), instruction=text.strip(), catalog=self.catalog,
+        options = self.options()
+        options.generation = self.generation()
+        return request.plan_request(options, instruction=text.strip(), catalog=self.catalog,
                                     keep_missing=keep_missing)
 
     def _task_plan(self, model: str, strength: float | None, keep_missing: bool = False) -> request.Plan:
@@ -364,6 +391,8 @@ class RequestPanel(QWidget):
         options.strength = strength if task in STRENGTH_TASKS else None
         options.extra.update(extra)
         options.faces = self.then_faces.isChecked() and task not in ("faces", "old-photo")
+        options.generative = task == "superres" and self.generative.isChecked() and not model
+        options.generation = self.generation()
         if model:
             return request.plan_request(options, model=model, catalog=self.catalog, keep_missing=keep_missing)
         return request.plan_request(options, task=task, catalog=self.catalog, keep_missing=keep_missing)

@@ -8,6 +8,7 @@ import math
 import operator
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -35,6 +36,8 @@ def restore(image: Image, plan: Plan, ctx: Context) -> tuple[Image, list[StepRep
             pass  # the target size is reached by the resize below
         elif step.backend == Backend.PIPELINE:
             image = run_pipeline(step, image, ctx, report)
+        elif step.backend == Backend.GENERATIVE:
+            image = run_generative(step, image, ctx, report)
         else:
             runner = step_runner(step, ctx)
             report.ran(runner)
@@ -70,6 +73,25 @@ def step_runner(step: Step, ctx: Context) -> Runner:
     return ctx.cache.network(load_catalog().get(step.model), ctx.device)
 
 
+def run_generative(step: Step, image: Image, ctx: Context, report: StepReport) -> Image:
+    """A diffusion pipeline over tiles: the noise for the whole image drawn from the step's
+    seed and cut with the tiles; progress per denoising step and cancel between steps."""
+    from restorer.run.diffusion import DenoiseProgress, generation_of, noise_field
+
+    runner = ctx.cache.network(load_catalog().get(step.model), ctx.device)
+    report.ran(runner)
+    runner.generation = generation_of(step.options)
+    # the noise covers the image as the network is fed it (a gray photo goes in as RGB)
+    extra = {name: noise_field(runner.generation.seed + k, image.height, image.width, channels)
+             for k, (name, channels) in enumerate(runner.noise_channels().items())}
+    meter = DenoiseProgress(runner.generation.steps, ctx.progress, ctx.cancel)
+    runner.on_step = meter.step
+    try:
+        return apply_runner(image, runner, replace(ctx, progress=meter.tile_done), extra=extra, on_plan=meter.planned)
+    finally:
+        runner.on_step = None
+
+
 def target_size(step: Step, width: int, height: int) -> tuple[int, int] | None:
     """(width, height) a superres step was asked to reach ("to 4K", "1080p"), or None."""
     o = step.options
@@ -82,8 +104,10 @@ def target_size(step: Step, width: int, height: int) -> tuple[int, int] | None:
     return max(1, round(width * f)), max(1, round(height * f))
 
 
-def apply_runner(image: Image, runner: Runner, ctx: Context, extra: dict | None = None) -> Image:
-    """One runner over an image: channel matching, tiling, alpha carried along."""
+def apply_runner(image: Image, runner: Runner, ctx: Context, extra: dict | None = None,
+                 on_plan: Callable[[int], None] | None = None) -> Image:
+    """One runner over an image: channel matching, tiling, alpha carried along. `on_plan`
+    is told the number of tiles before the first runs (restorer.run.tiles.run_tiled)."""
     pixels = image.pixels
     gray_in = pixels.shape[2] == 1
     s = runner.needs.scale
@@ -97,7 +121,7 @@ def apply_runner(image: Image, runner: Runner, ctx: Context, extra: dict | None 
     else:
         feed = np.repeat(pixels, 3, axis=2) if runner.needs.channels == 3 and gray_in else pixels
         out = run_tiled(feed, runner, tile=ctx.tile, extra=extra,
-                        progress=ctx.progress, cancel=ctx.cancel, on_retry=ctx.on_note)
+                        progress=ctx.progress, cancel=ctx.cancel, on_retry=ctx.on_note, on_plan=on_plan)
         if gray_in and out.shape[2] == 3:
             out = to_gray(out)
     alpha = image.alpha

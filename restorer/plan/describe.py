@@ -80,6 +80,8 @@ def _how(step: Step, spec: ModelSpec | None, catalog: Catalog) -> str:
     how = f"{short_name(spec)} {_availability(spec, catalog)}"
     if step.backend == Backend.INSTRUCTIR:
         how += ", following your words"
+    if spec.generative:
+        how += f", invents detail (seed {step.options.get('seed', 0)})"
     return how
 
 

@@ -896,7 +896,32 @@ def plan(text: str) -> ParsedInstruction:
         if lang and foreign_count >= english_count:
             raise _english_only(lang)
         raise InstructionError(f"could not tell what to do from {_quote(original)}; " + EXAMPLES)
+    _mark_generative(steps, normalised, notes)
     return ParsedInstruction(steps=steps, text=original, notes=notes)
+
+
+# Asking for detail that is not in the photo: a generative (diffusion) upscale, when one is
+# installed ("upscale 4x and add detail", "generative upscale", "invent detail").
+GENERATIVE_CUES = re.compile(r"\b(generative(ly)?|invent(s|ed|ing)?|hallucinat\w*|diffusion|"
+                             r"(add|adds|adding|create|creating|more|new|fine|made[- ]up|extra) (fine |more |new |extra )?details?)\b")
+SIZE_CUES = re.compile(r"\b(big|bigger|large|larger|enlarge\w*|upscal\w*|high[- ]res\w*|blow (it )?up)\b")
+
+
+def _mark_generative(steps: list[Intent], text: str, notes: list[str]) -> None:
+    """Mark the upscale as generative when the words ask for invented detail; add one when
+    they ask for detail and size but no upscale was read ("make it big, invent detail")."""
+    cue = GENERATIVE_CUES.search(text.lower())
+    if cue is None:
+        return
+    upscales = [s for s in steps if s.task == "superres"]
+    if not upscales and SIZE_CUES.search(text.lower()):
+        at = next((i for i, s in enumerate(steps) if s.task == "faces"), len(steps))
+        steps.insert(at, Intent("superres", {}, cue.group(0)))
+        upscales = [steps[at]]
+    for step in upscales:
+        step.options["generative"] = True
+    if upscales:
+        notes.append(f"'{cue.group(0)}': a generative upscale, which invents detail")
 
 
 def _steps(clauses: list[_Clause], hits: list[_Hit], original: str, normalised: str,

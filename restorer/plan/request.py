@@ -37,6 +37,7 @@ class Backend(StrEnum):
     BUILTIN = "builtin"  # a built-in operator over tiles
     PIPELINE = "pipeline"  # a multi-stage job (old photo, text removal)
     INSTRUCTIR = "instructir"  # InstructIR: a network with the user's words as second input
+    GENERATIVE = "generative"  # a diffusion pipeline over tiles (invents detail; seed, steps, prompt)
     RESIZE = "resize"  # nothing to run: a target size already reached
     MISSING = "missing"  # not installed: shown by a dry run (what to get, how); never run
 
@@ -131,6 +132,11 @@ class Options:
     # Restore the faces after the other steps (restorer-cli --faces): one more step, "faces",
     # at the end of the plan, unless the plan already has one.
     faces: bool = False
+    # Upscale with a generative (diffusion) model, which invents detail: only when asked for.
+    generative: bool = False
+    # The user's settings for generative steps: seed, steps, guidance, noise_level, prompt,
+    # negative_prompt (the catalog entry's defaults fill in the rest).
+    generation: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -205,6 +211,8 @@ def plan_request(options: Options, *, task: str | None = None, model: str | None
     if sum(x is not None for x in (task, model, instruction)) != 1:
         raise RequestError("say what to do: a task, a model or an instruction")
     catalog = catalog or load_catalog()
+    if options.generative or (model is not None and model in catalog and catalog.get(model).generative):
+        check_generative_packages(catalog.get(model).extra.get("pipeline") if model in catalog else None)
 
     def resolve(how) -> list[Step]:
         try:
@@ -229,6 +237,27 @@ def plan_request(options: Options, *, task: str | None = None, model: str | None
         # the face step would find no face and change nothing: say so before any file is read
         raise RequestError("restoring faces needs a face detector: pip install 'restorer[faces]' (dlib-bin)")
     return Plan([_with_scales(s, options, catalog) for s in steps], options.device, options.tile)
+
+
+def check_generative_packages(pipeline: str | None = None) -> None:
+    """A generative step needs torch and diffusers (restorer[generative]): said in one line
+    before anything is downloaded or read."""
+    from restorer.run.diffusion import install_line, missing_packages
+
+    missing = missing_packages(pipeline)
+    if missing:
+        raise RequestError(install_line(missing))
+
+
+def generative_ready(catalog: Catalog, scale: int = 4) -> ModelSpec | None:
+    """The best installed generative model for `scale` whose packages are installed."""
+    from restorer.run.diffusion import missing_packages
+
+    for spec in catalog.for_task("superres"):
+        if spec.generative and spec.output_scale == scale and installed(spec) \
+                and not missing_packages(spec.extra.get("pipeline")):
+            return spec
+    return None
 
 
 def faces_step(options: Options, catalog: Catalog | None = None) -> Step:
@@ -361,29 +390,46 @@ def resolve_task(task: str, options: Options, catalog: Catalog | None = None, pr
     catalog = catalog or load_catalog()
     candidates = [s for s in catalog.for_task(task) if not s.builtin]
     if task == "superres":
-        wanted = options.scale or 2
-        candidates = [s for s in candidates if s.output_scale == wanted]
+        wanted = options.scale or (4 if options.generative else 2)
+        # generative models invent detail: only when asked for, and then only they
+        candidates = [s for s in candidates if s.output_scale == wanted and s.generative == options.generative]
+        if options.generative and "prompt" in options.generation:  # words to follow: a text-guided model first
+            candidates.sort(key=lambda s: s.extra.get("pipeline") != "StableDiffusionUpscalePipeline")
+        if options.generative and not candidates:
+            scales = sorted({s.output_scale for s in catalog.for_task(task) if s.generative})
+            raise RequestError(f"generative upscaling is {' or '.join(f'{n}x' for n in scales)} only, not {wanted}x; "
+                               f"ask for --scale {scales[-1]}, or leave out --generative")
     for spec in candidates:
         if installed(spec):
+            kind = "generative model" if spec.generative else "model"
             return Step(task, spec.id, _backend_of(spec), _step_options(spec, options), prompt=prompt,
-                        why=f"best installed model for {task}")
-    if task in PIPELINE_FALLBACKS:
+                        why=f"best installed {kind} for {task}")
+    if task in PIPELINE_FALLBACKS and not options.generative:
         return Step(task, PIPELINE_FALLBACKS[task], Backend.PIPELINE, _step_options(catalog.get(PIPELINE_FALLBACKS[task]), options),
                     prompt=prompt, why=f"no network for {task} is installed; using classical fallbacks")
-    builtins = [s for s in catalog.for_task(task) if s.builtin]
+    builtins = [s for s in catalog.for_task(task) if s.builtin and not options.generative]
     if builtins:
         spec = builtins[0]
         return Step(task, spec.id, Backend.BUILTIN, _step_options(spec, options), prompt=prompt,
                     why=f"no network for {task} is installed; using the built-in operator")
+    message = no_generative_message(catalog) if options.generative else no_backend_message(task, catalog)
     for spec in candidates:
         fetch = to_download(spec, catalog)
         if fetch:
-            raise ModelMissing(no_backend_message(task, catalog), fetch, task)
+            raise ModelMissing(message, fetch, task)
     released = [s for s in candidates if s.released]
-    raise NotInstalled(no_backend_message(task, catalog), released[:1], task)
+    raise NotInstalled(message, released[:1], task)
+
+
+def no_generative_message(catalog: Catalog) -> str:
+    specs = [s for s in catalog.for_task("superres") if s.generative]
+    return (f"no generative model is installed; models that can: {', '.join(s.id for s in specs)}. "
+            f"Install one: {install_hint(specs[0]).split(': ', 1)[-1]}")
 
 
 def _backend_of(spec: ModelSpec) -> str:
+    if spec.generative:
+        return Backend.GENERATIVE
     if any(t in PIPELINE_TASKS for t in spec.tasks):
         return Backend.PIPELINE
     if spec.builtin:
@@ -400,6 +446,10 @@ def _step_options(spec: ModelSpec, options: Options) -> dict:
     if options.strength is not None:
         out["strength"] = options.strength
     out.update(options.extra)
+    if spec.generative:
+        defaults = {k: spec.extra[k] for k in ("steps", "guidance", "noise_level", "prompt", "negative_prompt")
+                    if k in spec.extra}
+        out.update({"seed": 0, **defaults, **options.generation})
     return out
 
 
@@ -432,6 +482,7 @@ def resolve_instruction(text: str, options: Options, catalog: Catalog | None = N
         raise RequestError(str(e)) from None
     instruct = next((s for s in catalog.for_task("derain") if s.family == INSTRUCT_MODEL_FAMILY and installed(s)), None)
     steps = []
+    fallbacks = []  # (index of the first step, why) where a generative upscale was asked for but cannot run
     for p in parsed.steps:
         step_options = Options(options.device, options.tile, p.options.get("scale", options.scale),
                                p.options.get("strength", options.strength), dict(options.extra))
@@ -439,6 +490,12 @@ def resolve_instruction(text: str, options: Options, catalog: Catalog | None = N
             steps.append(Step(p.task, instruct.id, Backend.INSTRUCTIR, dict(p.options), prompt=p.prompt or text,
                               why="InstructIR is installed and was trained for this; it gets your words"))
             continue
+        if p.task == "superres" and p.options.pop("generative", False):
+            step = generative_step(p, text, options, catalog)
+            if step is not None:
+                steps.append(step)
+                continue
+            fallbacks.append((len(steps), generative_unavailable(p, catalog)))
         if p.task == "superres":
             check_target(p.options)
             if "scale" in p.options:
@@ -462,4 +519,38 @@ def resolve_instruction(text: str, options: Options, catalog: Catalog | None = N
         if "scale" not in p.options and ("target_long_side" in p.options or "target_short_side" in p.options):
             step.options.pop("scale", None)  # chosen per image, from its size, when it runs
         steps.append(step)
+    for first, why in fallbacks:
+        for step in steps[first:]:
+            if step.task == "superres":
+                step.why = f"{why}; {step.why}"
     return steps
+
+
+def generative_step(intent, text: str, options: Options, catalog: Catalog) -> Step | None:
+    """The generative upscale an instruction asked for ("add detail"), when a generative model
+    is installed for its factor and its packages are here; else None (a regression upscale
+    does it, with a note). The SD upscaler's prompt is the instruction's own words."""
+    if "target_long_side" in intent.options or "target_short_side" in intent.options:
+        return None
+    spec = generative_ready(catalog, intent.options.get("scale", 4))
+    if spec is None:
+        return None
+    generation = {"prompt": text, **options.generation}
+    step_options = Options(options.device, options.tile, spec.output_scale, None, dict(options.extra),
+                           generative=True, generation=generation)
+    return Step("superres", spec.id, Backend.GENERATIVE, _step_options(spec, step_options), prompt=intent.prompt,
+                why="you asked for invented detail and a generative model is installed")
+
+
+def generative_unavailable(intent, catalog: Catalog) -> str:
+    """Why an instruction's generative upscale is done by a regression model instead."""
+    from restorer.run.diffusion import EXTRA, missing_packages
+
+    specs = [s for s in catalog.for_task("superres") if s.generative]
+    scale = intent.options.get("scale", 4)
+    if not any(s.output_scale == scale for s in specs):
+        return f"generative upscaling is {specs[0].output_scale}x only, so a regression model upscales {scale}x"
+    if missing_packages():
+        return f"generative upscaling needs pip install '{EXTRA}'; a regression model upscales instead"
+    return (f"no generative model is installed (restorer-cli models download {specs[0].id}); "
+            "a regression model upscales instead, without inventing detail")

@@ -24,6 +24,8 @@ def build_runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32",
     """A Runner for a catalog model (or its sub-graph `part`). `raw`: the caller feeds the
     network its own value range and sizes (a pipeline's stages), so no range mapping."""
     needs = Requirements() if raw or part else spec.requirements
+    if spec.generative:
+        return diffusion_runner(spec, device)
     for candidate in dict.fromkeys((precision, "fp32")):
         path = onnx_path(spec, candidate, part)
         if path.is_file():
@@ -55,6 +57,22 @@ def build_runner(spec: ModelSpec, device: str = "auto", precision: str = "fp32",
     return runner
 
 
+def diffusion_runner(spec: ModelSpec, device: str = "auto") -> Runner:
+    """A generative model's diffusers pipeline (torch, diffusers: restorer[generative])."""
+    from restorer.run.diffusion import install_line, missing_packages
+
+    if not is_installed(spec):
+        raise StoreError(install_hint(spec))
+    missing = missing_packages(spec.extra.get("pipeline"))
+    if missing:
+        raise StoreError(install_line(missing))
+    from restorer.run.diffusion import DiffusionRunner
+    from restorer.zoo.layout import model_dir
+
+    return DiffusionRunner(model_dir(spec), RunnerInfo(spec.id, "", ""), spec.requirements, device,
+                           half="fp16" in spec.precisions)
+
+
 def onnx_runner(path: Path, info: RunnerInfo, needs: Requirements, device: str = "auto") -> Runner:
     """A Runner for an ONNX file on the runtime `device` names: OpenVINO, or ONNX Runtime
     (CUDA or CPU)."""
@@ -83,7 +101,7 @@ def make_runnable(spec: ModelSpec, export: bool = True) -> str:
     filled into restorer's shipped template (no torch), else, with `export`, exported when
     torch is here. Returns how ("template", "export"), or "" when neither applies (the eager
     runner, or an export at first use, will do)."""
-    if spec.builtin or spec.is_pipeline or not is_installed(spec):
+    if spec.builtin or spec.is_pipeline or spec.generative or not is_installed(spec):
         return ""
     if all(onnx_path(spec, "fp32", part).is_file() for part in template_parts(spec)):
         return ""

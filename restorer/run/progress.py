@@ -17,7 +17,7 @@ from restorer.tasks import TASK_WORDS
 
 # Backends whose step runs the tiling engine exactly once (restorer.batch.restore.apply_runner),
 # so its tile reports start at 1 again when the step starts. Pipelines and resizes report none.
-TILED_BACKENDS = ("network", "builtin", "instructir")
+TILED_BACKENDS = ("network", "builtin", "instructir", "generative")
 
 
 def format_duration(seconds: float) -> str:
@@ -58,6 +58,7 @@ class ProgressClock:
         if sum(weights) == 0:  # nothing is known about the steps' sizes: count them equally
             weights = [1.0] * len(labels)
         self.labels = list(labels)
+        self.steps_per_tile = [1] * len(labels)  # >1: the step's progress counts denoising steps
         self.weights = weights
         self.tiled = [True] * len(labels) if tiled is None else list(tiled)
         self._clock = clock
@@ -81,7 +82,11 @@ class ProgressClock:
             labels.append(f"{words} (step {i + 1} of {n})" if n > 1 else words)
         weights = [0.0 if str(step.backend) == "resize" else 1.0 for step in steps]
         tiled = [str(step.backend) in TILED_BACKENDS for step in steps]
-        return cls(labels, weights, tiled=tiled, clock=clock)
+        clock_ = cls(labels, weights, tiled=tiled, clock=clock)
+        # a generative step reports denoising steps (restorer.run.diffusion.DenoiseProgress)
+        clock_.steps_per_tile = [int(step.options.get("steps", 1)) if str(step.backend) == "generative" else 1
+                                 for step in steps]
+        return clock_
 
     # ------------------------------------------------------------------ reports
 
@@ -183,6 +188,13 @@ class ProgressClock:
     def step_text(self) -> str:
         """The current step in words: "Reduce noise: tile 3 of 12"."""
         label = self.labels[self.current]
+        per_tile = self.steps_per_tile[self.current]
+        if self.total and per_tile > 1:
+            tiles = max(1, self.total // per_tile)
+            tile, step = divmod(self.done, per_tile)
+            if tile >= tiles:
+                tile, step = tiles - 1, per_tile
+            return f"{label}: tile {tile + 1} of {tiles}, denoising step {step} of {per_tile}"
         return f"{label}: tile {self.done} of {self.total}" if self.total else label
 
     def line(self, what: str | None = None) -> str:

@@ -258,15 +258,20 @@ def run_tiled(
     cancel: CancelToken | None = None,
     min_tile: int = MIN_TILE,
     on_retry: Callable[[str], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Run `runner` over an HxWxC float32 image, tile by tile, seamlessly.
 
     `extra` holds extra network inputs: arrays shaped like the image (HxWxK, e.g. a mask)
     are cut into tiles with it; anything else (a text embedding) is passed whole.
+    `on_plan(total)` is told how many tiles there will be before the first one runs (a
+    runner that reports progress within a tile needs it), and again after a retry.
     """
     needs = runner.needs
     if needs.whole_image:
         _check_cancel(cancel)
+        if on_plan:
+            on_plan(1)
         out = run_runner(runner, pixels, extra)
         if progress:
             progress(1, 1)
@@ -329,6 +334,8 @@ def run_tiled(
         while True:
             rows = plan_rows(h, w, sides(tile), overlap, ramp, y_from)
             total = done + sum(len(r) for r in rows)
+            if on_plan:
+                on_plan(total)
             order = [(t, row) for row in rows for t in row]
             next_y0 = {id(row): (rows[i + 1][0].y0 if i + 1 < len(rows) else h) for i, row in enumerate(rows)}
             ahead = worker.submit(prepare, order[0][0], 0)

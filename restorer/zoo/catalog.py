@@ -68,6 +68,11 @@ class ModelSpec:
         return self.arch == "pipeline"
 
     @property
+    def generative(self) -> bool:
+        """A diffusion pipeline (a folder of diffusers components) that invents detail."""
+        return self.arch == "diffusers"
+
+    @property
     def output_scale(self) -> int:
         """Output size / input size of a restore, counting the bicubic upscale a network that
         works on pre-interpolated input (`pre_upscale = N`) is fed."""
@@ -78,6 +83,8 @@ class ModelSpec:
         """What this network needs from the engine: its architecture's defaults, then this
         checkpoint's facts (scale, channels, padding, value range, precisions)."""
         values = dict(ARCHS[self.arch].needs) if self.arch in ARCHS else {}
+        if self.generative:
+            values.update(DIFFUSION_NEEDS, preferred_tile=self.tile)
         values.update(scale=self.output_scale, channels=self.channels, pad_multiple=max(1, self.pad_multiple),
                       overlap=self.overlap, input_range=self.input_range, output_range=self.output_range,
                       pre_upscale=self.pre_upscale, precisions=self.precisions)
@@ -91,6 +98,11 @@ class ModelSpec:
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
+
+# A diffusion pipeline's UNet attends over the whole tile, and it was trained at one size (the
+# catalog's `tile`): tiles stay that size. Activations per input pixel are large: the output
+# is 16 pixels for each, decoded by a VAE with attention over the latents.
+DIFFUSION_NEEDS = {"whole_tile_statistics": True, "bytes_per_pixel": 2_000_000}
 
 _KNOWN = {f for f in ModelSpec.__dataclass_fields__} - {"extra"}
 

@@ -33,7 +33,16 @@ from restorer.zoo.catalog import (  # noqa: F401 - can_download, drive_file_id: 
     drive_file_id,
     install_hint,
 )
-from restorer.zoo.install import _extract, _place, _scratch, safe_members, sha256_of
+from restorer.zoo.install import (
+    _extract,
+    _place,
+    _scratch,
+    check_folder,
+    check_folder_file,
+    install_folder,
+    safe_members,
+    sha256_of,
+)
 from restorer.zoo.layout import (
     CHUNK,
     WEIGHT_SUFFIXES,
@@ -216,6 +225,8 @@ def download(spec: ModelSpec, progress: ProgressCallback | None = None, *, base_
                          (f"; it needs: {', '.join(spec.needs)}" if spec.needs else ""))
     if not spec.files:
         raise StoreError(f"model '{spec.id}' lists no files in the catalog")
+    if spec.generative:
+        return [(spec.id, download_folder(spec, progress, base_url=base_url))]
     installed: list[tuple[str, Path]] = []
     for f in spec.files:
         if (model_dir(spec) / f.name).is_file():
@@ -233,6 +244,49 @@ def download(spec: ModelSpec, progress: ProgressCallback | None = None, *, base_
         finally:
             part.unlink(missing_ok=True)
     return installed
+
+
+def download_folder(spec: ModelSpec, progress: ProgressCallback | None = None, *,
+                    base_url: str | None = None) -> Path:
+    """A diffusers model folder: each file fetched (resumed), checked and kept in a staging
+    folder under <store>/downloads, so an interrupted download goes on from the files it
+    has; the folder enters the store whole once every file is there and checked. A mirror
+    serves the files under their paths in the folder (`<mirror>/unet/config.json`)."""
+    staging = home() / "downloads" / f"{spec.id}.folder"
+    total = spec.size
+    have = 0
+    for f in spec.files:
+        dest = staging / f.name
+        if dest.is_file():
+            have += dest.stat().st_size
+            continue
+        if not can_download(f):
+            raise StoreError(by_hand(spec, f))
+        base = base_url or os.environ.get("RESTORER_MIRROR", "")
+        url = f"{base.rstrip('/')}/{f.name}" if base else f.url
+
+        def file_progress(done: int, size: int, before: int = have) -> None:
+            if progress:
+                progress(before + done, max(total, before + size))
+
+        part = _fetch_any(url, mirrored=url != f.url, progress=file_progress)
+        try:
+            _check_download(part, spec, f, url)
+            try:
+                check_folder_file(part, f.name)
+            except StoreError as e:
+                raise StoreError(f"{e} (from {url}); nothing was kept") from None
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
+        have += dest.stat().st_size
+    names = check_folder(staging, spec)
+    target = install_folder(spec, staging, names, origin=spec.files[0].url.rsplit("/", 1)[0], move=True)
+    import shutil
+
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def _fetch_any(url: str, *, mirrored: bool, progress: ProgressCallback | None) -> Path:

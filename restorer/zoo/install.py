@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from restorer.zoo.catalog import Catalog, FileSpec, ModelSpec, install_hint
+from restorer.zoo.diffusers_folder import INDEX, is_model_folder, needed_files, output_scale, read_index
 from restorer.zoo.layout import (
     CHUNK,
     WEIGHT_SUFFIXES,
@@ -88,8 +90,13 @@ def add(path: str | os.PathLike, model_id: str | None = None, *, catalog: Catalo
     """
     path = Path(path)
     catalog = _catalog(catalog)
+    if path.is_dir():
+        if not is_model_folder(path):
+            raise StoreError(f"{path}: a folder without {INDEX}; models add takes a checkpoint file, a zip "
+                             "of them, or a diffusers model folder")
+        return add_folder(path, model_id, catalog)
     if not path.is_file():
-        raise StoreError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
+        raise StoreError(f"{path}: no such file")
     if file_kind(path) == "archive":
         try:
             return _add_archive(path, model_id, catalog)
@@ -98,6 +105,95 @@ def add(path: str | os.PathLike, model_id: str | None = None, *, catalog: Catalo
     match = identify(path, model_id, catalog=catalog)
     stored = _place(path, match.spec, match.file, origin=str(path.resolve()))
     return AddResult(installed=[(match.spec.id, stored)])
+
+
+def add_folder(folder: Path, model_id: str | None, catalog: Catalog) -> AddResult:
+    """Install a diffusers model folder: the pipeline type read from model_index.json picks
+    the catalog entry; its parts are checked (configs, weights readable, output scale) and
+    the folder is installed whole."""
+    index = read_index(folder)
+    kind = index["_class_name"]
+    specs = [s for s in catalog if s.generative and s.extra.get("pipeline") == kind]
+    if model_id is not None:
+        try:
+            spec = catalog.get(model_id)
+        except KeyError as e:
+            raise StoreError(e.args[0]) from None
+        if spec not in specs:
+            raise StoreError(f"{folder}: a {kind} folder, which is not what '{model_id}' is")
+    elif not specs:
+        raise StoreError(f"{folder}: no catalog entry runs a {kind}")
+    else:
+        spec = specs[0]
+    names = check_folder(folder, spec)
+    install_folder(spec, folder, names, origin=str(folder.resolve()))
+    return AddResult(installed=[(spec.id, model_dir(spec))])
+
+
+def check_folder(folder: Path, spec: ModelSpec) -> list[str]:
+    """The files of a diffusers folder restorer installs for `spec`, checked: present, JSON
+    readable, weights readable by the safe reader, the decoder's scale the entry's."""
+    names = needed_files(folder)
+    scale = output_scale(folder)
+    if scale != spec.output_scale:
+        raise StoreError(f"{folder}: its decoder upscales {scale}x, but '{spec.id}' is {spec.output_scale}x")
+    for name in names:
+        check_folder_file(folder / name, name)
+    return names
+
+
+def check_folder_file(path: Path, name: str) -> None:
+    """One file of a diffusers folder is what its name says: JSON, or weights restorer's
+    tensor-only reader can read."""
+    if name.endswith(".json"):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise StoreError(f"{name}: not readable JSON ({e})") from None
+    elif name.endswith(WEIGHT_SUFFIXES):
+        try:
+            shapes = tensor_shapes(path)
+        except StoreError as e:
+            raise StoreError(f"{name}: not a usable weights file ({str(e).removeprefix(path.name + ': ')})") from None
+        if not shapes:
+            raise StoreError(f"{name}: holds no tensors")
+
+
+def install_folder(spec: ModelSpec, source: Path, names: list[str], origin: str, *, move: bool = False) -> Path:
+    """Put `names` of `source` into the store as `spec`'s folder, all or nothing: built under
+    a temporary name beside it (hard links where possible, else copies; moved with `move`),
+    each file's sha256 checked against the catalog and recorded, then renamed into place."""
+    target = model_dir(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{spec.id}.{os.getpid()}.tmp")
+    retired = target.with_name(f".{spec.id}.{os.getpid()}.old")
+    by_name = {f.name: f for f in spec.files}
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        record = {}
+        for name in names:
+            src, dst = source / name, staging / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if move:
+                os.replace(src, dst)
+            else:
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copyfile(src, dst)
+            sha = sha256_of(dst)
+            expected = by_name[name].sha256.lower() if name in by_name else ""
+            if expected and sha != expected:
+                raise StoreError(f"{name}: sha256 {sha} differs from the catalog's {expected}; not installed")
+            record[name] = {"sha256": sha, "size": dst.stat().st_size, "source": f"{origin}/{name}"}
+        (staging / "installed.json").write_text(json.dumps(record, indent=1))
+        if target.exists():
+            os.replace(target, retired)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+    return target
 
 
 # Limits on what an archive may make us write, checked from its directory before anything
@@ -196,6 +292,14 @@ def verify(spec: ModelSpec) -> list[str]:
         return [f"not installed ({install_hint(spec)})"]
     problems = []
     record = installed_record(spec)
+    if spec.generative:  # a folder: the files recorded when it was installed
+        for name, entry in record.items():
+            path = model_dir(spec) / name
+            if not path.is_file():
+                problems.append(f"{name}: missing")
+            elif sha256_of(path) != entry.get("sha256"):
+                problems.append(f"{name}: changed since it was installed (recorded sha256 {entry.get('sha256')})")
+        return problems
     for f in spec.files:
         path = model_dir(spec) / f.name
         sha = sha256_of(path)

@@ -67,6 +67,9 @@ def is_installed(spec: ModelSpec) -> bool:
     package, that package is installed)."""
     if spec.arch == "bundled":
         return _package_installed(spec.extra.get("package", ""))
+    if spec.generative:
+        # a model folder arrives whole (renamed into place last, its record inside it)
+        return (model_dir(spec) / "model_index.json").is_file() and _record_path(spec).is_file()
     return bool(spec.files) and all(p.is_file() for p in weight_paths(spec))
 
 
