@@ -239,6 +239,10 @@ def run(args) -> int:
             return fail(f"{option} {value!r}: {problem}")
     if not args.inputs:
         return fail("no input given; usage: restorer-cli INPUT... -o OUTDIR --task T (see --help)")
+    if args.generative and not (args.task or args.model or args.instruction is not None):
+        args.task = "superres"  # --generative alone: a generative 4x upscale
+    if args.generative and (args.task not in (None, "superres") or args.model):
+        return fail("--generative goes with --task superres (or alone); a model is chosen with --model alone")
     if not (args.task or args.model or args.instruction is not None):
         return fail("say what to do: --task T, --model ID or --instruction TEXT (see --help)")
     missing = [p for p in args.inputs if not p.exists()]

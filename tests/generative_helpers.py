@@ -67,9 +67,10 @@ def tiny_sd_upscaler(folder: Path, seed: int = 0) -> Path:
                         block_out_channels=(16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=8, scaling_factor=0.08333)
     # the released schedulers (stabilityai/stable-diffusion-x4-upscaler)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    scheduler = DDIMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
-    low_res = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear")
+    low_res = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", clip_sample=True,
+                            variance_type="fixed_small")
     pipe = StableDiffusionUpscalePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                           low_res_scheduler=low_res, scheduler=scheduler, max_noise_level=350)
     pipe.save_pretrained(folder)

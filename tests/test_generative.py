@@ -368,3 +368,31 @@ def test_app_exposes_generative_seed_and_steps_and_restores(folders, home, tmp_p
     window.start_restore()
     qtbot.waitUntil(lambda: not window.is_busy(), timeout=60000)
     assert window.result is not None and (window.result.width, window.result.height) == (160, 96)
+
+
+def test_the_noise_at_a_pixel_does_not_depend_on_the_crop():
+    whole = diffusion.noise_field(9, 100, 130, 4)
+    crop = diffusion.noise_field(9, 30, 40, 4, origin=(20, 70))
+    assert np.array_equal(whole[20:50, 70:110], crop)
+    assert not np.array_equal(whole, diffusion.noise_field(10, 100, 130, 4))  # another seed
+    assert not np.array_equal(whole, diffusion.noise_field(9, 100, 130, 4, stream=1))  # the other input
+    assert abs(float(whole.mean())) < 0.02 and abs(float(whole.std()) - 1) < 0.02
+
+
+def test_a_preview_of_a_region_shows_what_the_whole_run_gives_there(folders, home):
+    from restorer.batch.restore import restore, restore_region
+    from restorer.io.imaging import Image as Picture
+    from restorer.plan.request import Options, plan_request
+    from restorer.run.context import Context
+
+    cli.main(["models", "add", str(folders["ldm-sr-x4"])])
+    rng = np.random.default_rng(1)
+    image = Picture(np.clip(rng.normal(0.5, 0.1, (40, 320, 3)), 0, 1).astype(np.float32), None, {})
+    plan = plan_request(Options(device="cpu", generation={"steps": 2, "seed": 3}), model="ldm-sr-x4")
+    ctx = Context("cpu")
+    whole, _ = restore(image, plan, ctx)
+    box = (200, 8, 260, 32)
+    region = restore_region(image, plan, ctx, box)
+    expected = whole.pixels[4 * 8:4 * 32, 4 * 200:4 * 260]
+    assert region.pixels.shape == expected.shape
+    assert np.abs(region.pixels - expected).mean() < 0.01, np.abs(region.pixels - expected).mean()

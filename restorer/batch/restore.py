@@ -82,7 +82,7 @@ def run_generative(step: Step, image: Image, ctx: Context, report: StepReport) -
     report.ran(runner)
     runner.generation = generation_of(step.options)
     # the noise covers the image as the network is fed it (a gray photo goes in as RGB)
-    extra = {name: noise_field(runner.generation.seed + k, image.height, image.width, channels)
+    extra = {name: noise_field(runner.generation.seed, image.height, image.width, channels, ctx.origin, stream=k)
              for k, (name, channels) in enumerate(runner.noise_channels().items())}
     meter = DenoiseProgress(runner.generation.steps, ctx.progress, ctx.cancel)
     runner.on_step = meter.step
@@ -278,7 +278,7 @@ def restore_region(image: Image, plan: Plan, ctx: Context, box: tuple[int, int, 
         if stage.step is None:
             crop = _resize_region(crop, src, dst, stage.size_in, stage.size_out)
         else:
-            out, _ = restore(crop, replace(plan, steps=[stage.step]), ctx)
+            out, _ = restore(crop, replace(plan, steps=[stage.step]), replace(ctx, origin=(src.y0, src.x0)))
             crop = dst.cut(out, src.x0 * stage.scale, src.y0 * stage.scale)
     return crop
 

@@ -21,6 +21,9 @@ class Context:
     cache: RunnerCache = field(default_factory=RunnerCache)  # owned by the batch or the GUI session
     stage_images: dict[str, np.ndarray] = field(default_factory=dict)  # for --save-intermediates
     on_note: Callable[[str], None] | None = None
+    # Where the image being restored sits in the whole one, (row, column): a preview restores
+    # a crop, and what depends on the position (a generative step's noise) must follow it.
+    origin: tuple[int, int] = (0, 0)
 
 
 @dataclass

@@ -105,10 +105,27 @@ class DenoiseProgress:
             self.progress(self.done * self.steps + i, self.tiles * self.steps)
 
 
-def noise_field(seed: int, height: int, width: int, channels: int) -> np.ndarray:
-    """HxWxC standard normal noise for a whole image, the same for a seed on every machine."""
-    rng = np.random.Generator(np.random.PCG64(seed))
-    return rng.standard_normal((height, width, channels), dtype=np.float32)
+NOISE_BLOCK = 64  # the noise field is drawn in blocks of this many pixels, each from its own stream
+
+
+def noise_field(seed: int, height: int, width: int, channels: int, origin: tuple[int, int] = (0, 0),
+                stream: int = 0) -> np.ndarray:
+    """HxWxC standard normal noise for the pixels [y0, y0 + height) x [x0, x0 + width) of an
+    image (origin = (y0, x0)): the same at a pixel for a seed whatever part of the image is
+    asked for (a preview's crop gets the whole run's noise there) and on every machine. Each
+    NOISE_BLOCK square comes from its own generator, keyed by (seed, stream, block row,
+    block column); `stream` tells the latent noise from the image noise."""
+    y0, x0 = origin
+    out = np.empty((height, width, channels), np.float32)
+    for by in range(y0 // NOISE_BLOCK, -(-(y0 + height) // NOISE_BLOCK)):
+        for bx in range(x0 // NOISE_BLOCK, -(-(x0 + width) // NOISE_BLOCK)):
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, stream, by, bx])))
+            block = rng.standard_normal((NOISE_BLOCK, NOISE_BLOCK, channels), dtype=np.float32)
+            top, left = by * NOISE_BLOCK, bx * NOISE_BLOCK
+            ya, yb = max(y0, top), min(y0 + height, top + NOISE_BLOCK)
+            xa, xb = max(x0, left), min(x0 + width, left + NOISE_BLOCK)
+            out[ya - y0:yb - y0, xa - x0:xb - x0] = block[ya - top:yb - top, xa - left:xb - left]
+    return out
 
 
 # ------------------------------------------------------------------ building the pipeline
