@@ -396,3 +396,16 @@ def test_a_preview_of_a_region_shows_what_the_whole_run_gives_there(folders, hom
     expected = whole.pixels[4 * 8:4 * 32, 4 * 200:4 * 260]
     assert region.pixels.shape == expected.shape
     assert np.abs(region.pixels - expected).mean() < 0.01, np.abs(region.pixels - expected).mean()
+
+
+def test_asking_for_cuda_without_one_runs_on_the_cpu_and_says_so(folders, home, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cli.main(["models", "add", str(folders["ldm-sr-x4"])])
+    src = photo(tmp_path / "p.png")
+    code = cli.main([str(src), "-o", str(tmp_path / "o"), "--model", "ldm-sr-x4", "--steps", "1", "--device", "cuda",
+                     "--quiet", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and "--device cuda: PyTorch sees no CUDA device; running on the CPU" in captured.err
+    report = json.loads(captured.out[captured.out.index("{"):])
+    assert report["files"][0]["steps"][0]["provider"] == "torch:cpu"

@@ -308,6 +308,12 @@ def torch_device(device: str) -> tuple[str, str]:
 
     if device in ("auto", "cuda") and torch.cuda.is_available():
         return "cuda", "torch:cuda"
+    if device not in ("auto", "cpu"):
+        from restorer.run.onnx import DEVICE_WARNING
+
+        why = "PyTorch sees no CUDA device" if device == "cuda" else f"diffusion pipelines run in PyTorch, not on {device}"
+        logging.getLogger("restorer").warning(f"--device {device}: {why}; running on the CPU",
+                                              extra={DEVICE_WARNING: True})
     return "cpu", "torch:cpu"
 
 
