@@ -134,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="noise added to the input first (sd-x4-upscaler; default 20): more invents more")
     gen.add_argument("--prompt", metavar="TEXT", help="what the photo shows, to guide sd-x4-upscaler")
     gen.add_argument("--negative-prompt", metavar="TEXT", help="what to avoid (sd-x4-upscaler)")
+    c = p.add_argument_group("cluster (restorer[cluster]; docs/cluster.md)")
+    c.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: one process (default); ray: a pool of Ray workers, same outputs")
+    c.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: auto (the running cluster) or ray://HOST:10001 (default: a local Ray)")
+    c.add_argument("--workers", type=_number(int, 1), metavar="N",
+                   help="with --engine ray: workers (default: the cluster's CPUs, or GPUs / --gpus-per-worker)")
+    c.add_argument("--gpus-per-worker", type=_number(float, 0), default=0.0, metavar="F",
+                   help="with --engine ray: GPUs per worker (0.5: two workers share a GPU; default 0)")
     p.add_argument("--version", action="version", version=f"restorer {__version__}")
     return p
 
@@ -253,6 +262,10 @@ def run(args) -> int:
     if args.output is not None and args.output.exists() and not args.output.is_dir():
         return fail(f"{args.output}: is a file, not a folder (-o names the folder outputs go to)")
 
+    if args.engine == "ray" and not args.dry_run and not _have_ray():  # before any planning or download
+        return fail("--engine ray needs Ray: pip install 'restorer[cluster]'")
+    if args.engine == "local" and (args.address or args.workers or args.gpus_per_worker):
+        return fail("--address, --workers and --gpus-per-worker go with --engine ray")
     options = Options(device=args.device, tile=args.tile, scale=args.scale, strength=args.strength,
                       extra=pipeline_options(args), faces=bool(args.faces) and args.task != "old-photo",
                       generative=args.generative, generation=generation_options(args))
@@ -343,8 +356,13 @@ def run(args) -> int:
             tiles_bar.set_description_str(f"{items[index].input.name}: {clock.line()}", refresh=False)
             tiles_bar.refresh()
 
-    run_batch(items, plan, output, cancel=threading.Event(), on_item=on_item, on_tiles=on_tiles,
-              on_note=lambda m: logging.getLogger("restorer").warning(m))
+    if args.engine == "ray":
+        code = _run_ray(args, items, plan, output, on_item, show)
+        if code is not None:  # Ray could not be started or joined: nothing was restored
+            return code
+    else:
+        run_batch(items, plan, output, cancel=threading.Event(), on_item=on_item, on_tiles=on_tiles,
+                  on_note=lambda m: logging.getLogger("restorer").warning(m))
     if files_bar is not None:
         files_bar.close()
         print(f"{PROG}: finished in {format_duration(time.perf_counter() - started)}", file=sys.stderr)
@@ -353,6 +371,46 @@ def run(args) -> int:
         if used:
             _device_warning(f"CUDA was asked for, but some steps ran on the CPU ({', '.join(sorted(used))})")
     return report(args, plan, items)
+
+
+def _have_ray() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _run_ray(args, items, plan, output, on_item, show) -> int | None:
+    """The batch on Ray workers (restorer.batch.ray_engine): the same settling, per-file code
+    and journals as run_batch. Progress: the files bar on a terminal, else a line every few
+    seconds; then the wall time and throughput. An exit code when Ray cannot be used."""
+    from restorer.batch.ray_engine import ClusterError, run_batch_ray
+    from restorer.run.progress import format_duration
+
+    last = [0.0, None]  # when a line was printed; the last progress
+
+    def on_progress(p):
+        last[1] = p
+        if show or args.quiet or (time.perf_counter() - last[0] < 5 and p.done < p.total):
+            return
+        last[0] = time.perf_counter()
+        eta = f", about {format_duration(p.eta)} left" if p.eta is not None and p.done < p.total else ""
+        print(f"{PROG}: {p.done}/{p.total} images, {p.rate:.2f} images/s{eta}", file=sys.stderr)
+
+    started = time.perf_counter()
+    try:
+        run_batch_ray(items, plan, output, address=args.address, workers=args.workers,
+                      gpus_per_worker=args.gpus_per_worker, cancel=threading.Event(), on_item=on_item,
+                      on_progress=on_progress, on_note=lambda m: logging.getLogger("restorer").warning(m))
+    except ClusterError as e:
+        return fail(str(e))
+    if last[1] is not None and not args.json:
+        p, wall = last[1], time.perf_counter() - started
+        print(f"{PROG}: ray: {p.done} images in {format_duration(wall)} wall time, {p.done / wall:.2f} images/s "
+              f"({p.rate:.2f} images/s once the workers were asked)", file=sys.stderr)
+    return None
 
 
 def _nested(folders: list[Path]) -> bool:

@@ -4,11 +4,14 @@ of them keep the output folders' journals (restorer.batch.journal) and run marke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from restorer.batch import files, journal
 from restorer.batch.files import Item
@@ -155,31 +158,63 @@ def process(
     plan_id: PlanId,
 ) -> None:
     """Restore one file into item.output and journal it; errors are recorded on the item,
-    never raised."""
+    never raised. The per-file work of every executor: `render` (read, restore, encode; no
+    file written) then `commit` (write atomically, journal); restorer.batch.ray_engine runs
+    the first half on a worker and the second here, on the driver."""
     start = time.perf_counter()
     try:
-        image = imaging.load(item.input, max_pixels=output.max_pixels)
-        try:
-            input_fp = journal.input_fingerprint(item.input)
-        except OSError as e:
-            raise imaging.ImageReadError(item.input, e.strerror or str(e)) from None
-        item.notes.extend(image.meta.notes)
-        ctx.stage_images = {}
-        result, reports = restore(image, plan, ctx)
-        item.steps = [r.as_dict() for r in reports]
-        out_fmt = image.meta.format if output.fmt == "same" else output.fmt
-        out_fmt = imaging.format_of(item.output) or out_fmt
-        item.notes.extend(losses(result, image.meta.bit_depth, out_fmt))
-        if output.save_intermediates:
-            for stage, pixels in ctx.stage_images.items():
-                stage_path = item.output.with_name(f"{item.output.stem}.{stage}.png")
-                stage_meta = imaging.ImageMeta(format="png", bit_depth=8, gray=pixels.shape[2] == 1)
-                imaging.save(imaging.Image(pixels, None, stage_meta), stage_path, format="png")
-        data = imaging.encode(result, out_fmt, output.quality)
-        entry = journal.record(item, "writing", input_fp, plan_id.fingerprint, plan_id.summary,
-                               journal.output_fingerprint(data))
-        write_journaled(item.output, data, entry)
-        item.status = "done"
+        with failures_recorded(item):
+            commit(item, render(item, plan, ctx, output), plan_id)
+    finally:
+        item.seconds = time.perf_counter() - start
+
+
+@dataclass
+class Rendered:
+    """One restored file, encoded, not yet written: what `commit` writes and journals."""
+
+    data: bytes  # the output file's bytes
+    input_fp: dict  # journal.input_fingerprint of the input that was read
+    stages: dict[str, np.ndarray]  # --save-intermediates: stage name -> pixels
+
+
+def render(item: Item, plan: Plan, ctx: Context, output: Output) -> Rendered:
+    """Read item.input, restore it with `plan` and encode it for item.output (its steps and
+    notes go on the item); writes nothing. Raises what `failures_recorded` reports."""
+    image = imaging.load(item.input, max_pixels=output.max_pixels)
+    try:
+        input_fp = journal.input_fingerprint(item.input)
+    except OSError as e:
+        raise imaging.ImageReadError(item.input, e.strerror or str(e)) from None
+    item.notes.extend(image.meta.notes)
+    ctx.stage_images = {}
+    result, reports = restore(image, plan, ctx)
+    item.steps = [r.as_dict() for r in reports]
+    out_fmt = image.meta.format if output.fmt == "same" else output.fmt
+    out_fmt = imaging.format_of(item.output) or out_fmt
+    item.notes.extend(losses(result, image.meta.bit_depth, out_fmt))
+    stages = dict(ctx.stage_images) if output.save_intermediates else {}
+    return Rendered(imaging.encode(result, out_fmt, output.quality), input_fp, stages)
+
+
+def commit(item: Item, rendered: Rendered, plan_id: PlanId) -> None:
+    """Write what `render` made: the stage images, then the output (atomically, journaled)."""
+    for stage, pixels in rendered.stages.items():
+        stage_path = item.output.with_name(f"{item.output.stem}.{stage}.png")
+        stage_meta = imaging.ImageMeta(format="png", bit_depth=8, gray=pixels.shape[2] == 1)
+        imaging.save(imaging.Image(pixels, None, stage_meta), stage_path, format="png")
+    entry = journal.record(item, "writing", rendered.input_fp, plan_id.fingerprint, plan_id.summary,
+                           journal.output_fingerprint(rendered.data))
+    write_journaled(item.output, rendered.data, entry)
+    item.status = "done"
+
+
+@contextlib.contextmanager
+def failures_recorded(item: Item):
+    """What fails in `render` or `commit` becomes item.status "failed" and one line in
+    item.error naming the file; cancelling and interrupts pass through."""
+    try:
+        yield
     except imaging.ImageReadError as e:
         item.status, item.error = "failed", str(e)
     except imaging.ImageWriteError as e:
@@ -192,8 +227,6 @@ def process(
         raise
     except Exception as e:  # a failing network or pipeline: report it with the file's name
         item.status, item.error = "failed", f"'{item.input}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    finally:
-        item.seconds = time.perf_counter() - start
 
 
 def losses(image: imaging.Image, bit_depth: int, fmt: str) -> list[str]:
