@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine ray: workers (default: the cluster's CPUs, or GPUs / --gpus-per-worker)")
     c.add_argument("--gpus-per-worker", type=_number(float, 0), default=0.0, metavar="F",
                    help="with --engine ray: GPUs per worker (0.5: two workers share a GPU; default 0)")
+    c.add_argument("--ship-models", action="store_true",
+                   help="with --engine ray: send the plan's models to the workers through Ray's object store "
+                        "(for cluster nodes that do not share this machine's model store)")
     p.add_argument("--version", action="version", version=f"restorer {__version__}")
     return p
 
@@ -264,8 +267,8 @@ def run(args) -> int:
 
     if args.engine == "ray" and not args.dry_run and not _have_ray():  # before any planning or download
         return fail("--engine ray needs Ray: pip install 'restorer[cluster]'")
-    if args.engine == "local" and (args.address or args.workers or args.gpus_per_worker):
-        return fail("--address, --workers and --gpus-per-worker go with --engine ray")
+    if args.engine == "local" and (args.address or args.workers or args.gpus_per_worker or args.ship_models):
+        return fail("--address, --workers, --gpus-per-worker and --ship-models go with --engine ray")
     options = Options(device=args.device, tile=args.tile, scale=args.scale, strength=args.strength,
                       extra=pipeline_options(args), faces=bool(args.faces) and args.task != "old-photo",
                       generative=args.generative, generation=generation_options(args))
@@ -402,7 +405,7 @@ def _run_ray(args, items, plan, output, on_item, show) -> int | None:
     started = time.perf_counter()
     try:
         run_batch_ray(items, plan, output, address=args.address, workers=args.workers,
-                      gpus_per_worker=args.gpus_per_worker, cancel=threading.Event(), on_item=on_item,
+                      gpus_per_worker=args.gpus_per_worker, ship_models=args.ship_models, cancel=threading.Event(), on_item=on_item,
                       on_progress=on_progress, on_note=lambda m: logging.getLogger("restorer").warning(m))
     except ClusterError as e:
         return fail(str(e))

@@ -178,3 +178,30 @@ def test_an_address_where_nothing_answers_is_refused_at_once():
         check_reachable("ray://127.0.0.1:1", timeout=2)
     with pytest.raises(ClusterError, match="expected auto, HOST:PORT"):
         check_reachable("somewhere")
+
+
+def test_models_shipped_through_the_object_store_to_workers_without_the_store(photos, cluster, tmp_path,
+                                                                               monkeypatch, capsys):
+    """--ship-models: the workers' own store (the module's, empty) lacks the model; the driver
+    sends its files (and the user catalog that names it) through Ray's object store."""
+    pytest.importorskip("torch")
+    from tests.store_helpers import HAT_TINY, tiny_hat_entry
+
+    driver_home = tmp_path / "driver-home"
+    driver_home.mkdir()
+    (driver_home / "catalog.toml").write_text(tiny_hat_entry("tiny-hat"))
+    monkeypatch.setenv("RESTORER_HOME", str(driver_home))
+    assert main(["models", "add", str(HAT_TINY / "hat_tiny_x2.safetensors"), "--id", "tiny-hat"]) == 0
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("plain0.png", "face.jpg"):
+        shutil.copy(photos / name, src / name)
+    model = ["--model", "tiny-hat", "--device", "cpu", "--quiet"]
+    assert main([str(src), "-o", str(tmp_path / "local"), *model]) == 0
+    code, report = run_json(capsys, src, "-o", tmp_path / "ray", *model, "--engine", "ray", "--ship-models")
+    assert code == 0 and report["summary"] == {"done": 2}, report
+    for name in ("plain0.png", "face.jpg"):
+        local = np.asarray(Image.open(tmp_path / "local" / name), np.int16)
+        remote = np.asarray(Image.open(tmp_path / "ray" / name), np.int16)
+        assert local.shape == remote.shape and np.abs(local - remote).max() <= 1, name  # threads may round apart
+    assert not any(p.name.startswith("restorer-store-") for p in driver_home.iterdir())

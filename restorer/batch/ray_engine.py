@@ -68,6 +68,7 @@ def run_batch_ray(
     address: str | None = None,
     workers: int | None = None,
     gpus_per_worker: float = 0.0,
+    ship_models: bool = False,
     cancel: CancelToken | None = None,
     on_item: Callable[[int, Item], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
@@ -78,7 +79,10 @@ def run_batch_ray(
 
     `address`: None starts a local Ray (or uses the one this process already started),
     "auto", "HOST:PORT" or "ray://HOST:PORT" joins a cluster. `workers`: actors (default: as many as the
-    cluster has CPUs, or GPUs / gpus_per_worker). `on_item(index, item)` when an item is
+    cluster has CPUs, or GPUs / gpus_per_worker). `ship_models`: the models the plan uses go
+    to the workers through Ray's object store, into a store of their own (for nodes that do
+    not share this machine's model store); else the workers read this store (RESTORER_HOME).
+    `on_item(index, item)` when an item is
     settled or finishes (there is no "running": workers do not report a start);
     `on_progress` after each finished image. Raises ClusterError, before any image is
     restored, when Ray cannot be started or joined (the items are then left pending)."""
@@ -96,7 +100,7 @@ def run_batch_ray(
             # caller's (restorer-cli --json writes its report there): to stderr while Ray runs.
             with contextlib.redirect_stdout(sys.stderr):
                 finished = _run(items, pending, plan, output, plan_id, markers, address=address, workers=workers,
-                                gpus_per_worker=gpus_per_worker, cancel=cancel, on_item=on_item,
+                                gpus_per_worker=gpus_per_worker, ship_models=ship_models, cancel=cancel, on_item=on_item,
                                 on_progress=on_progress, on_note=on_note)
         elif pending:
             finished = False
@@ -112,7 +116,7 @@ def run_batch_ray(
     return finished
 
 
-def _run(items, pending, plan, output, plan_id, markers, *, address, workers, gpus_per_worker, cancel, on_item,
+def _run(items, pending, plan, output, plan_id, markers, *, address, workers, gpus_per_worker, ship_models, cancel, on_item,
          on_progress, on_note) -> bool:
     import ray
     from ray.data import DataContext
@@ -128,7 +132,8 @@ def _run(items, pending, plan, output, plan_id, markers, *, address, workers, gp
         rows = [{"index": i, "input": os.path.abspath(items[i].input), "output": os.path.abspath(items[i].output)}
                 for i in pending]
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # one image per task
-        results = restore_map(dataset, plan, output, workers, gpus_per_worker)
+        store = [ray.put(pack_store(plan))] if ship_models else None  # in a list: Ray passes the ref as it is
+        results = restore_map(dataset, plan, output, workers, gpus_per_worker, store)
         for index in pending:
             items[index].status = "running"
         start = time.perf_counter()
@@ -163,7 +168,7 @@ def _run(items, pending, plan, output, plan_id, markers, *, address, workers, gp
             ray.shutdown()
 
 
-def restore_map(dataset, plan: Plan, output: Output, workers: int, gpus_per_worker: float):
+def restore_map(dataset, plan: Plan, output: Output, workers: int, gpus_per_worker: float, store: list | None = None):
     """`dataset` (rows: index, input, output) mapped through a pool of `workers` RestoreWorker
     actors, each with one CPU or `gpus_per_worker` GPUs; lazy (runs as it is iterated)."""
     import warnings
@@ -171,9 +176,11 @@ def restore_map(dataset, plan: Plan, output: Output, workers: int, gpus_per_work
     from ray.data import ActorPoolStrategy
 
     env = {name: os.environ[name] for name in WORKER_ENV if os.environ.get(name)}
+    if store is not None:  # the workers keep their own store, filled from what was shipped
+        env.pop("RESTORER_HOME", None)
     kwargs = dict(
         compute=ActorPoolStrategy(size=workers),
-        fn_constructor_kwargs={"plan": plan, "output": output},
+        fn_constructor_kwargs={"plan": plan, "output": output, "store": store},
         runtime_env={"env_vars": env} if env else None,  # the same model store on every worker
         **({"num_gpus": gpus_per_worker} if gpus_per_worker > 0 else {"num_cpus": 1}),
     )
@@ -284,11 +291,62 @@ def pool_size(workers: int | None, gpus_per_worker: float, images: int, on_note=
     return max(1, min(size, images))
 
 
+def plan_models(plan: Plan) -> list[str]:
+    """The catalog ids a plan runs (a target size's per-scale steps and what each needs,
+    e.g. a pipeline's parts or a text encoder, included); built-in operators need no files."""
+    from restorer.zoo.catalog import load_catalog
+
+    catalog = load_catalog()
+    steps = [s for step in plan.steps for s in (step, *step.by_scale.values())]
+    todo, seen = [s.model for s in steps], []
+    while todo:
+        model = todo.pop()
+        if model in seen or model not in catalog or catalog.get(model).builtin:
+            continue
+        seen.append(model)
+        todo += list(catalog.get(model).needs)
+    return sorted(seen)
+
+
+def pack_store(plan: Plan) -> dict[str, bytes]:
+    """The files of this machine's store the plan's models run from (their folders, ONNX
+    files and records) and the user's catalog entries, by path in the store."""
+    from restorer.zoo.home import home
+
+    root = home()
+    paths = [root / "catalog.toml"]
+    for model in plan_models(plan):
+        paths += sorted((root / "models" / model).rglob("*"))
+        paths += sorted((root / "onnx").glob(f"{model}.*")) if (root / "onnx").is_dir() else []
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in paths if p.is_file()}
+
+
+def unpack_store(files: dict[str, bytes]) -> Path:
+    """A worker's own model store, filled with what the driver shipped; RESTORER_HOME points
+    to it for the rest of the worker's life."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="restorer-store-"))
+    for name, data in files.items():
+        path = (root / name).resolve()
+        if root.resolve() not in path.parents:  # a name from the driver; still, never outside the store
+            raise ValueError(f"shipped store file {name!r} points outside the store")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    os.environ["RESTORER_HOME"] = str(root)
+    return root
+
+
 class RestoreWorker:
     """One Ray actor: a RunnerCache built once, then whole images through loop.render."""
 
-    def __init__(self, plan: Plan, output: Output):
+    def __init__(self, plan: Plan, output: Output, store: list | None = None):
         from restorer.run.loader import RunnerCache
+
+        if store is not None:
+            import ray
+
+            unpack_store(ray.get(store[0]))
 
         self.plan, self.output = plan, output
         self.cache = RunnerCache()
