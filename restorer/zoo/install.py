@@ -42,6 +42,17 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _bring(source: Path, target: Path, move: bool) -> None:
+    """`source` at `target`: moved, else hard-linked where the filesystem allows, else copied."""
+    if move:
+        os.replace(source, target)
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def _place(source: Path, spec: ModelSpec, f: FileSpec, origin: str, *, move: bool = False,
            sha: str | None = None) -> Path:
     """Put `source` into the store as `f` of `spec`, atomically (temp + rename): moved,
@@ -52,13 +63,7 @@ def _place(source: Path, spec: ModelSpec, f: FileSpec, origin: str, *, move: boo
     try:
         if tmp.exists():
             tmp.unlink()
-        if move:
-            os.replace(source, tmp)
-        else:
-            try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copyfile(source, tmp)
+        _bring(source, tmp, move)
         sha = sha or sha256_of(tmp)
         if f.sha256 and sha != f.sha256.lower():
             raise StoreError(f"{f.name}: sha256 {sha} differs from the catalog's {f.sha256}; not installed")
@@ -174,13 +179,7 @@ def install_folder(spec: ModelSpec, source: Path, names: list[str], origin: str,
         for name in names:
             src, dst = source / name, staging / name
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if move:
-                os.replace(src, dst)
-            else:
-                try:
-                    os.link(src, dst)
-                except OSError:
-                    shutil.copyfile(src, dst)
+            _bring(src, dst, move)
             sha = sha256_of(dst)
             expected = by_name[name].sha256.lower() if name in by_name else ""
             if expected and sha != expected:
