@@ -130,10 +130,12 @@ def noise_field(seed: int, height: int, width: int, channels: int, origin: tuple
 
 # ------------------------------------------------------------------ building the pipeline
 
-_BASES = {  # what a component class must be, by kind: nothing else is built from a name
-    "scheduler": ("diffusers", "SchedulerMixin"),
-    "network": (None, None),  # diffusers.ModelMixin or transformers.PreTrainedModel, checked below
-    "tokenizer": ("transformers", "PreTrainedTokenizerBase"),
+# What a component class must derive from, by (kind, library): nothing else is built from a name.
+_BASES = {
+    ("scheduler", "diffusers"): "SchedulerMixin",
+    ("network", "diffusers"): "ModelMixin",
+    ("network", "transformers"): "PreTrainedModel",
+    ("tokenizer", "transformers"): "PreTrainedTokenizerBase",
 }
 
 
@@ -143,14 +145,8 @@ def _component_class(comp: Component):
     if not isinstance(cls, type):
         raise StoreError(f"model_index.json: {comp.library} has no class {comp.cls} (for {comp.name}); "
                          f"a newer {comp.library} may: pip install -U {comp.library}")
-    if comp.kind == "network":
-        bases = [importlib.import_module("diffusers").ModelMixin]
-        if comp.library == "transformers":
-            bases = [importlib.import_module("transformers").PreTrainedModel]
-    else:
-        library, base = _BASES[comp.kind]
-        bases = [getattr(importlib.import_module(library), base)]
-    if not issubclass(cls, tuple(bases)):
+    base = _BASES.get((comp.kind, comp.library))
+    if base is None or not issubclass(cls, getattr(module, base)):
         raise StoreError(f"model_index.json: {comp.cls} is not a {comp.kind} class")
     return cls
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -283,8 +284,6 @@ def download_folder(spec: ModelSpec, progress: ProgressCallback | None = None, *
         have += dest.stat().st_size
     names = check_folder(staging, spec)
     target = install_folder(spec, staging, names, origin=spec.files[0].url.rsplit("/", 1)[0], move=True)
-    import shutil
-
     shutil.rmtree(staging, ignore_errors=True)
     return target
 
