@@ -77,13 +77,17 @@ def _number(kind, low, high=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from restorer.batch.remote import location
+
     p = _Parser(
         prog=PROG,
         description="Restore photos with published networks or built-in operators. "
         "Manage models with: restorer-cli models --help; measure PSNR/SSIM with: restorer-cli eval --help",
     )
-    p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="image files or folders")
-    p.add_argument("-o", "--output", type=Path, metavar="OUTDIR", help="output folder")
+    p.add_argument("inputs", nargs="*", type=location, metavar="INPUT",
+                   help="image files or folders (with --engine ray also URLs: s3://, gs://, hdfs://)")
+    p.add_argument("-o", "--output", type=location, metavar="OUTDIR",
+                   help="output folder (with --engine ray also a URL)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--task", choices=TASKS, help="what to do; picks the best installed model")
     what.add_argument("--model", metavar="ID", help="a catalog model id (restorer-cli models list)")
@@ -240,7 +244,7 @@ def _main(argv: list[str]) -> int:
 
 
 def run(args) -> int:
-    from restorer.batch import files
+    from restorer.batch import files, journal, remote
     from restorer.batch.loop import Output, run_batch, settle
     from restorer.plan.request import ModelMissing, Options, RequestError, plan_request
     from restorer.run.progress import ProgressClock, format_duration
@@ -257,13 +261,17 @@ def run(args) -> int:
         return fail("--generative goes with --task superres (or alone); a model is chosen with --model alone")
     if not (args.task or args.model or args.instruction is not None):
         return fail("say what to do: --task T, --model ID or --instruction TEXT (see --help)")
-    missing = [p for p in args.inputs if not p.exists()]
+    urls = [str(p) for p in [*args.inputs, args.output] if p is not None and remote.is_url(p)]
+    missing = [p for p in args.inputs if not remote.is_url(p) and not p.exists()]
     if missing:
         return fail(f"{missing[0]}: no such file or folder")
     if args.output is None and not args.dry_run:
         return fail("no output folder: add -o OUTDIR")
-    if args.output is not None and args.output.exists() and not args.output.is_dir():
+    if args.output is not None and not remote.is_url(args.output) and args.output.exists() and not args.output.is_dir():
         return fail(f"{args.output}: is a file, not a folder (-o names the folder outputs go to)")
+    if urls and args.engine != "ray":
+        return fail(f"{urls[0]}: URLs are read and written by the cluster engine: add --engine ray "
+                    "(pip install 'restorer[cluster]')")
 
     if args.engine == "ray" and not args.dry_run and not _have_ray():  # before any planning or download
         return fail("--engine ray needs Ray: pip install 'restorer[cluster]'")
@@ -293,11 +301,20 @@ def run(args) -> int:
             return fail(str(e))
 
     outdir = args.output or Path(".")
-    items = files.discover(args.inputs, outdir, recursive=args.recursive, fmt=args.format, suffix=args.suffix,
-                           mask_local=plan.mask_local)
+    batch = None  # a batch with URLs: restorer.batch.remote reads and writes it
+    if urls:
+        try:
+            batch = remote.discover(args.inputs, outdir, recursive=args.recursive, fmt=args.format, suffix=args.suffix,
+                                    mask_local=plan.mask_local)
+        except remote.RemoteError as e:
+            return fail(str(e))
+        items = batch.items
+    else:
+        items = files.discover(args.inputs, outdir, recursive=args.recursive, fmt=args.format, suffix=args.suffix,
+                               mask_local=plan.mask_local)
     if not items:  # only folders were given, and they hold no image
         folders = ", ".join(str(p) for p in args.inputs)
-        hint = " (add --recursive to look in sub-folders)" if not args.recursive and _nested(args.inputs) else ""
+        hint = " (add --recursive to look in sub-folders)" if not args.recursive and not urls and _nested(args.inputs) else ""
         return fail(f"no images found in {folders}{hint}")
     clashes = files.collisions(items)
     if clashes:  # refused before any image is restored: one line naming the inputs each
@@ -307,7 +324,10 @@ def run(args) -> int:
     output = Output(args.format, args.quality, _max_pixels(args), args.save_intermediates, overwrite=args.overwrite)
 
     if args.dry_run:
-        settle(items, plan, output)  # what run_batch would skip, redo or refuse; reads only
+        if batch is not None:
+            remote.settle(batch, journal.plan_fingerprint(plan, output), overwrite=output.overwrite)
+        else:
+            settle(items, plan, output)  # what run_batch would skip, redo or refuse; reads only
         for item in items:
             if item.status == "pending":
                 item.status = "would-restore"
@@ -317,7 +337,10 @@ def run(args) -> int:
         if not plan.runnable:  # shown whole above; it cannot run until these are installed
             return fail(f"the plan cannot run yet: {plan.missing_line()}")
         return code
-    problem = files.check_writable(outdir)
+    if batch is not None:
+        problem = remote.Writer(batch).check()
+    else:
+        problem = files.check_writable(outdir)
     if problem:
         return fail(problem)
 
@@ -360,7 +383,7 @@ def run(args) -> int:
             tiles_bar.refresh()
 
     if args.engine == "ray":
-        code = _run_ray(args, items, plan, output, on_item, show)
+        code = _run_ray(args, items, plan, output, on_item, show, batch)
         if code is not None:  # Ray could not be started or joined: nothing was restored
             return code
     else:
@@ -385,7 +408,7 @@ def _have_ray() -> bool:
         return False
 
 
-def _run_ray(args, items, plan, output, on_item, show) -> int | None:
+def _run_ray(args, items, plan, output, on_item, show, batch=None) -> int | None:
     """The batch on Ray workers (restorer.batch.ray_engine): the same settling, per-file code
     and journals as run_batch. Progress: the files bar on a terminal, else a line every few
     seconds; then the wall time and throughput. An exit code when Ray cannot be used."""
@@ -406,7 +429,7 @@ def _run_ray(args, items, plan, output, on_item, show) -> int | None:
     try:
         run_batch_ray(items, plan, output, address=args.address, workers=args.workers,
                       gpus_per_worker=args.gpus_per_worker, ship_models=args.ship_models, cancel=threading.Event(), on_item=on_item,
-                      on_progress=on_progress, on_note=lambda m: logging.getLogger("restorer").warning(m))
+                      on_progress=on_progress, on_note=lambda m: logging.getLogger("restorer").warning(m), remote=batch)
     except ClusterError as e:
         return fail(str(e))
     if last[1] is not None and not args.json:

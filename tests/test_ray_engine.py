@@ -23,8 +23,10 @@ TASK = ["--task", "denoise", "--device", "cpu", "--recursive", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A local Ray with 2 CPUs and an empty model store (RESTORER_HOME) for the module."""
+def cluster(tmp_path_factory, s3_server):
+    """A local Ray with 2 CPUs and an empty model store (RESTORER_HOME) for the module; started
+    after the S3 server, so that its workers have the credentials and endpoint, as the workers
+    of a Ray started by a user who can read the bucket."""
     home = tmp_path_factory.mktemp("home")
     before = os.environ.get("RESTORER_HOME")
     os.environ["RESTORER_HOME"] = str(home)
@@ -205,3 +207,137 @@ def test_models_shipped_through_the_object_store_to_workers_without_the_store(ph
         remote = np.asarray(Image.open(tmp_path / "ray" / name), np.int16)
         assert local.shape == remote.shape and np.abs(local - remote).max() <= 1, name  # threads may round apart
     assert not any(p.name.startswith("restorer-store-") for p in driver_home.iterdir())
+
+
+# ---------------------------------------------------------------- inputs and outputs at URLs
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """An S3 server on 127.0.0.1 (moto), found through AWS_ENDPOINT_URL and the credentials in
+    the environment, as a user's S3-compatible store would be; None without moto."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        yield None
+        return
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "restorer-test",
+           "AWS_SECRET_ACCESS_KEY": "restorer-test", "AWS_DEFAULT_REGION": "us-east-1"}
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield server
+    finally:
+        server.stop()
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server, photos, cluster):
+    """Bucket "archive" holds the photos under scans/, bucket "restored" is empty."""
+    if s3_server is None:
+        pytest.skip("moto is not installed")
+    pytest.importorskip("pyarrow.fs")
+    import boto3
+
+    client = boto3.client("s3")
+    for bucket in ("archive", "restored"):
+        client.create_bucket(Bucket=bucket)
+    for path in sorted(photos.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), "archive", f"scans/{path.relative_to(photos).as_posix()}")
+    return client
+
+
+def bucket_files(client, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    """Every object under `prefix` but the journal's, by name below it."""
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])]
+    return {k[len(prefix):]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in sorted(keys)
+            if not k[len(prefix):].startswith(".restorer-journal/")}
+
+
+def test_s3_to_s3_gives_the_local_outputs_and_a_rerun_does_only_what_is_missing(s3, local_outputs, tmp_path,
+                                                                               monkeypatch, capsys):
+    """Inputs read by the workers from s3://, outputs put by the driver: the same names and
+    bytes as the local engine, a worker killed on one image changes nothing, the journal lives
+    beside the outputs, and a rerun skips everything but the deleted objects."""
+    crashes = tmp_path / "crashes"
+    crashes.mkdir()
+    monkeypatch.setenv("RESTORER_TEST_CRASH_ONCE", "scan.tiff")
+    monkeypatch.setenv("RESTORER_TEST_CRASH_DIR", str(crashes))
+    code, report = run_json(capsys, "s3://archive/scans", "-o", "s3://restored/run1", *TASK, "--engine", "ray")
+    assert (crashes / "crashed-scan.tiff").exists()
+    assert code == 0 and report["summary"] == {"done": 10}, report
+    assert {f["input"] for f in report["files"]} >= {"s3://archive/scans/a/b/exif.jpg", "s3://archive/scans/deep16.png"}
+    assert bucket_files(s3, "restored", "run1/") == outputs(local_outputs)
+    journal_keys = [o["Key"] for o in s3.list_objects_v2(Bucket="restored", Prefix="run1/.restorer-journal/")["Contents"]
+                    if o["Key"].endswith(".jsonl")]  # the journal: objects of its own, one per run
+    assert len(journal_keys) == 1
+    records = s3.get_object(Bucket="restored", Key=journal_keys[0])["Body"].read().decode().splitlines()
+    assert sorted(json.loads(r)["name"] for r in records) == sorted(outputs(local_outputs))
+
+    code, report = run_json(capsys, "s3://archive/scans", "-o", "s3://restored/run1", *TASK, "--engine", "ray")
+    assert code == 0 and report["summary"] == {"skipped": 10}
+    s3.delete_object(Bucket="restored", Key="run1/a/b/exif.jpg")
+    code, report = run_json(capsys, "s3://archive/scans", "-o", "s3://restored/run1", *TASK, "--engine", "ray")
+    assert code == 0 and report["summary"] == {"done": 1, "skipped": 9}
+    assert [f["output"] for f in report["files"] if f["status"] == "done"] == ["s3://restored/run1/a/b/exif.jpg"]
+    assert bucket_files(s3, "restored", "run1/") == outputs(local_outputs)
+
+
+def test_s3_objects_restorer_did_not_write_are_never_replaced(s3, tmp_path, capsys):
+    s3.put_object(Bucket="restored", Key="theirs/face.jpg", Body=b"the user's own file")
+    code, report = run_json(capsys, "s3://archive/scans/face.jpg", "-o", "s3://restored/theirs", *TASK,
+                            "--engine", "ray")
+    assert code == 2  # nothing restored: as the local engine says it
+    assert report["files"][0]["error"] == ("s3://restored/theirs/face.jpg: exists and was not written by restorer; "
+                                           "not overwritten; use --overwrite")
+    assert s3.get_object(Bucket="restored", Key="theirs/face.jpg")["Body"].read() == b"the user's own file"
+
+
+def test_s3_outputs_of_another_plan_are_redone(s3, capsys):
+    args = ["s3://archive/scans/face.jpg", "-o", "s3://restored/redo", *TASK, "--engine", "ray"]
+    assert run_json(capsys, *args)[0] == 0
+    first = bucket_files(s3, "restored", "redo/")["face.jpg"]
+    code, report = run_json(capsys, *args, "--quality", "60")
+    assert code == 0 and report["summary"] == {"done": 1}
+    assert report["files"][0]["notes"] == ["redone: the output was made with another plan (denoise=builtin:denoise)"]
+    assert len(bucket_files(s3, "restored", "redo/")["face.jpg"]) < len(first)
+
+
+def test_s3_bad_objects_fail_by_url_and_the_others_are_written(s3, tmp_path, capsys):
+    s3.put_object(Bucket="archive", Key="mixed/zero.png", Body=b"")
+    s3.put_object(Bucket="archive", Key="mixed/text.jpg", Body=b"not a photo\n")
+    s3.copy_object(Bucket="archive", Key="mixed/gray.png", CopySource={"Bucket": "archive", "Key": "scans/a/b/gray.png"})
+    code, report = run_json(capsys, "s3://archive/mixed", "-o", tmp_path / "out", *TASK, "--engine", "ray")
+    assert code == 1
+    status = {f["input"]: (f["status"], f["error"]) for f in report["files"]}
+    assert status["s3://archive/mixed/gray.png"] == ("done", None)
+    for name in ("zero.png", "text.jpg"):
+        state, error = status[f"s3://archive/mixed/{name}"]
+        assert state == "failed" and error.startswith(f"s3://archive/mixed/{name}: cannot read") and "\n" not in error
+    # a local destination: written with a temporary name and a rename, nothing else left there
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".restorer-journal", "gray.png"]
+
+
+def test_urls_need_the_ray_engine_and_a_reachable_place(s3, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["s3://archive/scans", "-o", str(tmp_path / "out"), *TASK]) == 2
+    assert capsys.readouterr().err == ("restorer-cli: s3://archive/scans: URLs are read and written by the cluster "
+                                       "engine: add --engine ray (pip install 'restorer[cluster]')\n")
+    assert main(["s3://archive/nothing-here", "-o", str(tmp_path / "out"), *TASK, "--engine", "ray"]) == 2
+    assert capsys.readouterr().err == "restorer-cli: s3://archive/nothing-here: no such file or folder\n"
+    assert main(["s3://archive/scans", "-o", "s3://no-such-bucket/out", *TASK, "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("restorer-cli: s3://no-such-bucket/out: cannot write: ") and err.count("\n") == 1

@@ -140,10 +140,11 @@ def check_writable(folder: Path) -> str | None:
 def collisions(items: list[Item]) -> list[tuple[str, list[Item]]]:
     """Outputs that several inputs would be written to (a.png and a.jpg with --format png, the
     same name from two folders): one line naming them, and the items. Compared without case,
-    as on Windows and macOS disks."""
+    as on Windows and macOS disks; an output named by URL (restorer.batch.remote) as it is."""
     groups: dict[str, list[Item]] = {}
     for item in items:
-        groups.setdefault(str(item.output.resolve()).casefold(), []).append(item)
+        key = item.output if isinstance(item.output, str) else str(item.output.resolve())
+        groups.setdefault(key.casefold(), []).append(item)
     out = []
     for group in groups.values():
         if len(group) > 1:

@@ -179,8 +179,8 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def record(item, status: str, input_fp: dict, plan_fp: str, steps: str, output_fp: dict) -> dict:
-    return {"name": item.output.name, "status": status, "input": input_fp, "plan": plan_fp, "steps": steps,
+def record(name: str, status: str, input_fp: dict, plan_fp: str, steps: str, output_fp: dict) -> dict:
+    return {"name": name, "status": status, "input": input_fp, "plan": plan_fp, "steps": steps,
             "output": output_fp, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

@@ -203,7 +203,7 @@ def commit(item: Item, rendered: Rendered, plan_id: PlanId) -> None:
         stage_path = item.output.with_name(f"{item.output.stem}.{stage}.png")
         stage_meta = imaging.ImageMeta(format="png", bit_depth=8, gray=pixels.shape[2] == 1)
         imaging.save(imaging.Image(pixels, None, stage_meta), stage_path, format="png")
-    entry = journal.record(item, "writing", rendered.input_fp, plan_id.fingerprint, plan_id.summary,
+    entry = journal.record(item.output.name, "writing", rendered.input_fp, plan_id.fingerprint, plan_id.summary,
                            journal.output_fingerprint(rendered.data))
     write_journaled(item.output, rendered.data, entry)
     item.status = "done"

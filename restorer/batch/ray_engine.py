@@ -12,7 +12,9 @@ The same batch as restorer.batch.loop.run_batch, with the restoring spread over 
 So both engines run the same per-file code and write the same bytes; journals are written by
 one process; a worker that dies writes nothing half-way, and Ray Data gives its images to a
 restarted actor (max_restarts / max_task_retries). Inputs are read by the workers: on a
-multi-machine cluster they must be at the same absolute path on every node (a shared folder).
+multi-machine cluster they must be at the same absolute path on every node (a shared folder),
+or at URLs (s3://, gs://, hdfs://: restorer.batch.remote, which then also writes the outputs
+and the journal).
 
 Ray is imported inside the functions only: importing this module needs no Ray.
 """
@@ -25,12 +27,15 @@ import pickle
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from restorer.batch import files, journal
 from restorer.batch.files import Item
 from restorer.batch.loop import Output, PlanId, _claim_folders, _touch, commit, failures_recorded, render, settle
+from restorer.batch.remote import RemoteBatch, fetch
+from restorer.batch.remote import Writer as RemoteWriter
+from restorer.batch.remote import settle as remote_settle
 from restorer.plan.request import Plan
 from restorer.run.tiles import CancelToken
 
@@ -73,6 +78,7 @@ def run_batch_ray(
     on_item: Callable[[int, Item], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    remote: RemoteBatch | None = None,
 ) -> bool:
     """run_batch's contract on a Ray cluster: every pending item ends done or failed (with
     one line naming the file); returns False when cancelled (the rest marked cancelled).
@@ -85,15 +91,22 @@ def run_batch_ray(
     `on_item(index, item)` when an item is
     settled or finishes (there is no "running": workers do not report a start);
     `on_progress` after each finished image. Raises ClusterError, before any image is
-    restored, when Ray cannot be started or joined (the items are then left pending)."""
-    for index in settle(items, plan, output):
+    restored, when Ray cannot be started or joined (the items are then left pending).
+    `remote`: a batch with URLs (restorer.batch.remote; `items` are its items), settled and
+    written by its own rules."""
+    plan_id = PlanId(journal.plan_fingerprint(plan, output), journal.plan_summary(plan))
+    if remote is not None:
+        settled = remote_settle(remote, plan_id.fingerprint, overwrite=output.overwrite)
+    else:
+        settled = settle(items, plan, output)
+    for index in settled:
         if on_item:
             on_item(index, items[index])
-    plan_id = PlanId(journal.plan_fingerprint(plan, output), journal.plan_summary(plan))
     markers: dict[Path, Path] = {}
     finished = True
     try:
-        _claim_folders(items, markers, on_item)
+        if remote is None:
+            _claim_folders(items, markers, on_item)
         pending = [i for i, item in enumerate(items) if item.status == "pending"]
         if pending and not (cancel is not None and cancel.is_set()):
             # Ray prints what its raylets report (a worker that died) on stdout; stdout is the
@@ -101,7 +114,7 @@ def run_batch_ray(
             with contextlib.redirect_stdout(sys.stderr):
                 finished = _run(items, pending, plan, output, plan_id, markers, address=address, workers=workers,
                                 gpus_per_worker=gpus_per_worker, ship_models=ship_models, cancel=cancel, on_item=on_item,
-                                on_progress=on_progress, on_note=on_note)
+                                on_progress=on_progress, on_note=on_note, remote=remote)
         elif pending:
             finished = False
     finally:
@@ -117,7 +130,7 @@ def run_batch_ray(
 
 
 def _run(items, pending, plan, output, plan_id, markers, *, address, workers, gpus_per_worker, ship_models, cancel, on_item,
-         on_progress, on_note) -> bool:
+         on_progress, on_note, remote) -> bool:
     import ray
     from ray.data import DataContext
 
@@ -129,19 +142,26 @@ def _run(items, pending, plan, output, plan_id, markers, *, address, workers, gp
     context.max_errored_blocks = -1
     try:
         workers = pool_size(workers, gpus_per_worker, len(pending), on_note)
-        rows = [{"index": i, "input": os.path.abspath(items[i].input), "output": os.path.abspath(items[i].output)}
-                for i in pending]
+        if remote is None:
+            rows = [{"index": i, "input": os.path.abspath(items[i].input), "output": os.path.abspath(items[i].output)}
+                    for i in pending]
+            sources, writer = None, None
+        else:  # the workers read from the inputs' filesystems; outputs are named below the destination
+            rows = [{"index": i, "input": str(items[i].input), "output": remote.outputs[i],
+                     "tree": remote.sources[i].tree, "path": remote.sources[i].path} for i in pending]
+            sources, writer = [tree.fs for tree in remote.inputs], RemoteWriter(remote)
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # one image per task
         store = [ray.put(pack_store(plan))] if ship_models else None  # in a list: Ray passes the ref as it is
-        results = restore_map(dataset, plan, output, workers, gpus_per_worker, store)
+        results = restore_map(dataset, plan, output, workers, gpus_per_worker, store, sources)
         for index in pending:
             items[index].status = "running"
         start = time.perf_counter()
         done = 0
         try:
             for row in results.iter_rows():
-                index = _finish(items, pickle.loads(row["result"]), plan_id, on_note)
-                _touch(markers.get(items[index].output.parent))
+                index = _finish(items, pickle.loads(row["result"]), plan_id, on_note, remote, writer)
+                if remote is None:
+                    _touch(markers.get(items[index].output.parent))
                 done += 1
                 if on_item:
                     on_item(index, items[index])
@@ -168,9 +188,11 @@ def _run(items, pending, plan, output, plan_id, markers, *, address, workers, gp
             ray.shutdown()
 
 
-def restore_map(dataset, plan: Plan, output: Output, workers: int, gpus_per_worker: float, store: list | None = None):
-    """`dataset` (rows: index, input, output) mapped through a pool of `workers` RestoreWorker
-    actors, each with one CPU or `gpus_per_worker` GPUs; lazy (runs as it is iterated)."""
+def restore_map(dataset, plan: Plan, output: Output, workers: int, gpus_per_worker: float, store: list | None = None,
+                sources: list | None = None):
+    """`dataset` (rows: index, input, output; with `sources`, the filesystems of a URL batch,
+    also tree and path) mapped through a pool of `workers` RestoreWorker actors, each with
+    one CPU or `gpus_per_worker` GPUs; lazy (runs as it is iterated)."""
     import warnings
 
     from ray.data import ActorPoolStrategy
@@ -180,7 +202,7 @@ def restore_map(dataset, plan: Plan, output: Output, workers: int, gpus_per_work
         env.pop("RESTORER_HOME", None)
     kwargs = dict(
         compute=ActorPoolStrategy(size=workers),
-        fn_constructor_kwargs={"plan": plan, "output": output, "store": store},
+        fn_constructor_kwargs={"plan": plan, "output": output, "store": store, "sources": sources},
         runtime_env={"env_vars": env} if env else None,  # the same model store on every worker
         **({"num_gpus": gpus_per_worker} if gpus_per_worker > 0 else {"num_cpus": 1}),
     )
@@ -193,7 +215,8 @@ def restore_map(dataset, plan: Plan, output: Output, workers: int, gpus_per_work
         return dataset.map(RestoreWorker, **kwargs)
 
 
-def _finish(items: list[Item], result: dict, plan_id: PlanId, on_note) -> int:
+def _finish(items: list[Item], result: dict, plan_id: PlanId, on_note, remote: RemoteBatch | None = None,
+            writer: RemoteWriter | None = None) -> int:
     """A worker's result into its item: committed (written, journaled) here, or failed."""
     index = result["index"]
     item = items[index]
@@ -206,13 +229,19 @@ def _finish(items: list[Item], result: dict, plan_id: PlanId, on_note) -> int:
     rendered = result["rendered"]
     if rendered is not None:
         rendered.input_fp["path"] = str(item.input)  # as the local loop journals it
+        if remote is not None:  # the worker read a copy: the size and time are the original's
+            source = remote.sources[index]
+            rendered.input_fp.update(size=source.size, mtime_ns=source.mtime_ns)
     if result["error"] is not None:  # named by the absolute path the worker read; say it as given
         item.status = "failed"
         item.error = result["error"].replace(result["input"], str(item.input))
         return index
     start = time.perf_counter()
     with failures_recorded(item):
-        commit(item, rendered, plan_id)
+        if writer is not None:
+            writer.commit(index, rendered, plan_id)
+        else:
+            commit(item, rendered, plan_id)
     item.seconds += time.perf_counter() - start
     return index
 
@@ -340,7 +369,7 @@ def unpack_store(files: dict[str, bytes]) -> Path:
 class RestoreWorker:
     """One Ray actor: a RunnerCache built once, then whole images through loop.render."""
 
-    def __init__(self, plan: Plan, output: Output, store: list | None = None):
+    def __init__(self, plan: Plan, output: Output, store: list | None = None, sources: list | None = None):
         from restorer.run.loader import RunnerCache
 
         if store is not None:
@@ -348,20 +377,31 @@ class RestoreWorker:
 
             unpack_store(ray.get(store[0]))
 
-        self.plan, self.output = plan, output
+        self.plan, self.output, self.sources = plan, output, sources
         self.cache = RunnerCache()
 
     def __call__(self, row: dict) -> dict:
+        import tempfile
+
         from restorer.run.context import Context
 
-        item = Item(Path(row["input"]), Path(row["output"]))
-        crash_for_test(item.input)
         warnings: list[str] = []
         rendered = None
         start = time.perf_counter()
-        with failures_recorded(item):
-            ctx = Context(self.plan.device, self.plan.tile, cache=self.cache, on_note=warnings.append)
-            rendered = render(item, self.plan, ctx, self.output)
+        with tempfile.TemporaryDirectory(prefix="restorer-input-") as copies:
+            if "tree" in row:  # a URL batch: a local copy of the input, the output named below the destination
+                item = Item(Path(copies) / PurePosixPath(row["path"]).name, PurePosixPath(row["output"]))
+                with failures_recorded(item):
+                    fetch(self.sources[row["tree"]], row["path"], Path(copies), row["input"])
+            else:
+                item = Item(Path(row["input"]), Path(row["output"]))
+            crash_for_test(item.input)
+            if item.status == "pending":
+                with failures_recorded(item):
+                    ctx = Context(self.plan.device, self.plan.tile, cache=self.cache, on_note=warnings.append)
+                    rendered = render(item, self.plan, ctx, self.output)
+            if item.error:  # named by the copy the worker read: the input's own name
+                item.error = item.error.replace(str(item.input), row["input"])
         result = {"index": row["index"], "input": row["input"], "rendered": rendered,
                   "error": item.error if item.status == "failed" else None, "steps": item.steps,
                   "notes": item.notes, "warnings": warnings, "seconds": time.perf_counter() - start}
