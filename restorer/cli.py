@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: one process (default); ray: a pool of Ray workers, same outputs")
     c.add_argument("--address", metavar="ADDR",
-                   help="with --engine ray: auto (the running cluster) or ray://HOST:10001 (default: a local Ray)")
+                   help="with --engine ray: auto (the running cluster) or HOST:PORT of its head (default: a local Ray)")
     c.add_argument("--workers", type=_number(int, 1), metavar="N",
                    help="with --engine ray: workers (default: the cluster's CPUs, or GPUs / --gpus-per-worker)")
     c.add_argument("--gpus-per-worker", type=_number(float, 0), default=0.0, metavar="F",
@@ -277,6 +277,13 @@ def run(args) -> int:
         return fail("--engine ray needs Ray: pip install 'restorer[cluster]'")
     if args.engine == "local" and (args.address or args.workers or args.gpus_per_worker or args.ship_models):
         return fail("--address, --workers, --gpus-per-worker and --ship-models go with --engine ray")
+    if args.engine == "ray":
+        from restorer.batch.ray_engine import ClusterError, check_address
+
+        try:
+            check_address(args.address)
+        except ClusterError as e:
+            return fail(str(e))
     options = Options(device=args.device, tile=args.tile, scale=args.scale, strength=args.strength,
                       extra=pipeline_options(args), faces=bool(args.faces) and args.task != "old-photo",
                       generative=args.generative, generation=generation_options(args))

@@ -10,7 +10,6 @@ workers the raylet started), so no Ray process outlives the test. Built-in opera
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ pytest.importorskip("ray")
 
 from restorer.batch.journal import JOURNAL_NAME, LOCK_NAME  # noqa: E402
 from restorer.cli import main  # noqa: E402
+from tests.ray_helpers import kill_session, session_members  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TASK = ["--task", "denoise", "--device", "cpu", "--recursive", "--quiet"]
@@ -61,45 +61,6 @@ def finished(folder: Path) -> list[str]:
         return []
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                   if p.is_file() and not p.name.startswith("."))
-
-
-def session_members(sid: int) -> list[tuple[int, str]]:
-    """The live processes of session `sid` (pid, start time), from /proc: the driver, the Ray
-    services it started (its process group) and the Ray workers (each in a group of its own)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid and fields[0] not in "ZX":
-            members.append((int(entry), fields[19]))
-    return members
-
-
-def kill_session(sid: int, timeout: float = 30) -> None:
-    """SIGKILL the process group `sid` at once, then every other process of the session (Ray
-    workers have groups of their own), until none is left."""
-    try:
-        os.killpg(sid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while members := session_members(sid):
-        assert time.monotonic() < deadline, f"processes of the killed run still alive: {members}"
-        for pid, start in members:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    stat = f.read()
-                if stat[stat.rindex(")") + 2:].split()[19] == start:  # the same process, not a reused pid
-                    os.kill(pid, signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-        time.sleep(0.1)
 
 
 def start(args: list, env: dict, cwd: Path, **kw) -> subprocess.Popen:

@@ -176,9 +176,7 @@ def test_an_address_where_nothing_answers_is_refused_at_once():
 
     with pytest.raises(ClusterError, match="nothing answers at 127.0.0.1:1"):
         check_reachable("127.0.0.1:1", timeout=2)
-    with pytest.raises(ClusterError, match="nothing answers"):
-        check_reachable("ray://127.0.0.1:1", timeout=2)
-    with pytest.raises(ClusterError, match="expected auto, HOST:PORT"):
+    with pytest.raises(ClusterError, match="expected auto or HOST:PORT"):
         check_reachable("somewhere")
 
 
@@ -341,3 +339,18 @@ def test_urls_need_the_ray_engine_and_a_reachable_place(s3, tmp_path, capsys):
     assert main(["s3://archive/scans", "-o", "s3://no-such-bucket/out", *TASK, "--engine", "ray"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("restorer-cli: s3://no-such-bucket/out: cannot write: ") and err.count("\n") == 1
+
+
+def test_url_batches_are_named_as_folder_batches(s3, photos, tmp_path):
+    """The same discovery rules whether the files are at URLs or in folders: mirrored names,
+    a folder per input when there are several, --format and --suffix."""
+    from restorer.batch import files, remote
+
+    for recursive in (True, False):
+        local = files.discover([photos / "a", photos / "a" / "b", photos / "face.jpg"], tmp_path, recursive=recursive,
+                               fmt="png", suffix="_r")
+        batch = remote.discover(["s3://archive/scans/a", "s3://archive/scans/a/b", "s3://archive/scans/face.jpg"],
+                                "s3://restored/named", recursive=recursive, fmt="png", suffix="_r")
+        assert [str(i.output.relative_to(tmp_path)) for i in local] == batch.outputs
+        assert [i.input.relative_to(photos).as_posix() for i in local] == [
+            i.input.removeprefix("s3://archive/scans/") for i in batch.items]

@@ -84,7 +84,7 @@ def run_batch_ray(
     one line naming the file); returns False when cancelled (the rest marked cancelled).
 
     `address`: None starts a local Ray (or uses the one this process already started),
-    "auto", "HOST:PORT" or "ray://HOST:PORT" joins a cluster. `workers`: actors (default: as many as the
+    "auto" or "HOST:PORT" joins a cluster ("ray://", Ray Client, is refused). `workers`: actors (default: as many as the
     cluster has CPUs, or GPUs / gpus_per_worker). `ship_models`: the models the plan uses go
     to the workers through Ray's object store, into a store of their own (for nodes that do
     not share this machine's model store); else the workers read this store (RESTORER_HOME).
@@ -255,6 +255,7 @@ def connect(address: str | None, workers: int | None) -> bool:
 
     if ray.is_initialized():
         return False
+    check_address(address)
     if address and address != "auto":
         check_reachable(address)  # else Ray retries an address where nothing answers without end
     local = {} if address else {"num_cpus": max(os.cpu_count() or 1, workers or 0)}
@@ -266,18 +267,44 @@ def connect(address: str | None, workers: int | None) -> bool:
     except (ConnectionError, ValueError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         where = f"join the Ray cluster at {address}" if address else "start a local Ray"
-        raise ClusterError(f"--engine ray: cannot {where}: {first}") from None
+        raise ClusterError(f"--engine ray: cannot {where}: {first}{auth_hint(address)}") from None
     quiet_ray_data()
     return True
 
 
+def auth_hint(address: str | None) -> str:
+    """What to try when joining failed and token authentication may be why: `ray start` turns
+    it on by default since Ray 2.59 (the token in ~/.ray/auth_token), a driver only with
+    RAY_AUTH_MODE=token."""
+    if not address or os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or (Path.home() / ".ray" / "auth_token").is_file()):
+        return ""
+    return " (if the cluster uses token authentication, as `ray start` does by default: set RAY_AUTH_MODE=token)"
+
+
+def check_address(address: str | None) -> None:
+    """An --address restorer can join (none, auto, HOST:PORT), else ClusterError; no network."""
+    if not address or address == "auto":
+        return
+    if address.startswith("ray://"):
+        # A Ray Client driver cannot run Ray Data's streaming executor (Ray 2.60: the job fails
+        # before its actors start); a driver on a node of the cluster can.
+        raise ClusterError(f"--address {address}: Ray Data does not run through Ray Client (ray://); run restorer-cli "
+                           "on a node of the cluster with --address auto, or submit it there with "
+                           "`ray job submit --address http://HEAD:8265 -- restorer-cli ...`")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--address {address}: expected auto or HOST:PORT")
+
+
 def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Something answers at HOST:PORT (or ray://HOST:PORT), else ClusterError."""
+    """Something answers at HOST:PORT, else ClusterError."""
     import socket
 
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not host or not port.isdigit():
-        raise ClusterError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    check_address(address)
+    host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
