@@ -1,6 +1,7 @@
 """restorer-cli --engine ray (restorer.batch.ray_engine): the same batch as --engine local on a
-pool of Ray workers. Same output bytes and names, a worker killed mid-job changes nothing,
-reruns skip what is there, bad files fail by name, and without Ray one line and exit 2.
+pool of Ray workers. Same output bytes and names (40 images of mixed kinds), a worker killed
+mid-job changes nothing, reruns skip what is there, bad files fail by name, and without Ray
+one line and exit 2. The same from and to s3:// URLs, against an S3 server on 127.0.0.1.
 
 Built-in operators only (no model download); a local Ray with 2 CPUs for the whole module."""
 
@@ -41,30 +42,44 @@ def cluster(tmp_path_factory, s3_server):
             os.environ["RESTORER_HOME"] = before
 
 
+VARIANTS = 4  # each kind of image below, cut at as many places
+IMAGES = 10 * VARIANTS
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    """10 small images of mixed kinds in nested folders."""
+    """40 small images of 10 kinds (PNG, JPEG with EXIF and orientation, TIFF, 16-bit, alpha,
+    gray) in nested folders; the first of each kind has the plain name (plain0.png), the
+    others a number (plain0_1.png)."""
     import cv2
 
     root = tmp_path_factory.mktemp("photos")
     (root / "a" / "b").mkdir(parents=True)
-    rgb = np.asarray(Image.open(SAMPLES / "kodim05_crop256.png").convert("RGB"))
-    for i in range(3):
-        Image.fromarray(np.ascontiguousarray(rgb[i * 40:i * 40 + 72, i * 30:i * 30 + 96])).save(
-            root / ("a" if i % 2 else ".") / f"plain{i}.png")
-    Image.fromarray(rgb[:80, :112]).save(root / "a" / "photo.jpg", quality=90)
-    exif = Image.Exif()
-    exif[0x010F] = "restorer test camera"  # Make
-    exif[0x0112] = 6  # orientation: rotate
-    Image.fromarray(rgb[100:164, 50:146]).save(root / "a" / "b" / "exif.jpg", quality=92, exif=exif)
-    Image.fromarray(rgb[10:74, 10:74]).save(root / "a" / "b" / "scan.tiff")
-    rgb16 = (rgb[:64, :96].astype(np.uint16) * 257)[..., ::-1]
-    cv2.imwrite(str(root / "deep16.png"), np.ascontiguousarray(rgb16))
-    rgba = np.dstack([rgb[:64, :64], np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))])
-    Image.fromarray(rgba, "RGBA").save(root / "a" / "alpha.png")
-    Image.open(SAMPLES / "fbcnn_real_2_face.jpg").convert("RGB").resize((96, 96)).save(root / "face.jpg")
-    gray = np.asarray(Image.open(SAMPLES / "kodim23_crop256.png").convert("L"))[:64, :96]
-    Image.fromarray(gray).save(root / "a" / "b" / "gray.png")
+    kodim = np.asarray(Image.open(SAMPLES / "kodim05_crop256.png").convert("RGB"))
+    face = Image.open(SAMPLES / "fbcnn_real_2_face.jpg").convert("RGB").resize((112, 112))
+    gray_source = np.asarray(Image.open(SAMPLES / "kodim23_crop256.png").convert("L"))
+
+    def name(folder: Path, stem: str, ext: str, v: int) -> Path:
+        return folder / (f"{stem}{ext}" if v == 0 else f"{stem}_{v}{ext}")
+
+    for v in range(VARIANTS):
+        rgb = np.roll(kodim, 9 * v, axis=(0, 1))  # another cut of the same photo
+        for i in range(3):
+            Image.fromarray(np.ascontiguousarray(rgb[i * 40:i * 40 + 72, i * 30:i * 30 + 96])).save(
+                name(root / ("a" if i % 2 else "."), f"plain{i}", ".png", v))
+        Image.fromarray(rgb[:80, :112]).save(name(root / "a", "photo", ".jpg", v), quality=90)
+        exif = Image.Exif()
+        exif[0x010F] = "restorer test camera"  # Make
+        exif[0x0112] = 6  # orientation: rotate
+        Image.fromarray(rgb[100:164, 50:146]).save(name(root / "a" / "b", "exif", ".jpg", v), quality=92, exif=exif)
+        Image.fromarray(rgb[10:74, 10:74]).save(name(root / "a" / "b", "scan", ".tiff", v))
+        rgb16 = (rgb[:64, :96].astype(np.uint16) * 257)[..., ::-1]
+        cv2.imwrite(str(name(root, "deep16", ".png", v)), np.ascontiguousarray(rgb16))
+        rgba = np.dstack([rgb[:64, :64], np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))])
+        Image.fromarray(rgba, "RGBA").save(name(root / "a", "alpha", ".png", v))
+        face.crop((v * 4, v * 4, v * 4 + 96, v * 4 + 96)).save(name(root, "face", ".jpg", v))
+        Image.fromarray(np.roll(gray_source, 9 * v, axis=0)[:64, :96]).save(name(root / "a" / "b", "gray", ".png", v))
+    assert len([p for p in root.rglob("*") if p.is_file()]) == IMAGES
     return root
 
 
@@ -93,9 +108,9 @@ def local_outputs(photos, tmp_path_factory, cluster) -> Path:
 def test_ray_outputs_are_bit_identical_to_local(photos, local_outputs, tmp_path, capsys):
     code, report = run_json(capsys, photos, "-o", tmp_path / "ray", *TASK, "--engine", "ray")
     assert code == 0, report
-    assert report["summary"] == {"done": 10}
+    assert report["summary"] == {"done": IMAGES}
     local, remote = outputs(local_outputs), outputs(tmp_path / "ray")
-    assert len(local) == 10 and sorted(remote) == sorted(local)
+    assert len(local) == IMAGES and sorted(remote) == sorted(local)
     for name in local:
         assert remote[name] == local[name], name
 
@@ -108,7 +123,7 @@ def test_a_worker_killed_mid_job_changes_nothing(photos, local_outputs, tmp_path
     out = tmp_path / "ray"
     code, report = run_json(capsys, photos, "-o", out, *TASK, "--engine", "ray")
     assert (crashes / "crashed-exif.jpg").exists()  # the worker did die on it
-    assert code == 0 and report["summary"] == {"done": 10}
+    assert code == 0 and report["summary"] == {"done": IMAGES}
     assert outputs(out) == outputs(local_outputs)  # each output once, nothing else (no temporary, no marker)
     for journal in out.rglob(JOURNAL_NAME):
         names = [json.loads(line)["name"] for line in journal.read_text().splitlines()
@@ -121,18 +136,20 @@ def test_rerun_skips_everything_and_redoes_only_what_was_deleted(photos, tmp_pat
     assert run_json(capsys, photos, "-o", out, *TASK, "--engine", "ray")[0] == 0
     first = outputs(out)
     code, report = run_json(capsys, photos, "-o", out, *TASK, "--engine", "ray")
-    assert code == 0 and report["summary"] == {"skipped": 10}
+    assert code == 0 and report["summary"] == {"skipped": IMAGES}
     (out / "deep16.png").unlink()
     (out / "a" / "b" / "exif.jpg").unlink()
     code, report = run_json(capsys, photos, "-o", out, *TASK, "--engine", "ray")
-    assert code == 0 and report["summary"] == {"done": 2, "skipped": 8}
+    assert code == 0 and report["summary"] == {"done": 2, "skipped": IMAGES - 2}
     assert sorted(Path(f["output"]).name for f in report["files"] if f["status"] == "done") == ["deep16.png", "exif.jpg"]
     assert outputs(out) == first
 
 
 def test_bad_files_fail_by_name_and_the_others_are_written(photos, tmp_path, capsys):
     src = tmp_path / "mixed"
-    shutil.copytree(photos / "a" / "b", src)
+    src.mkdir()
+    for name in ("exif.jpg", "scan.tiff", "gray.png"):
+        shutil.copy(photos / "a" / "b" / name, src / name)
     (src / "zero.png").write_bytes(b"")
     (src / "truncated.png").write_bytes((photos / "deep16.png").read_bytes()[:300])
     (src / "text.jpg").write_text("not a photo\n")
@@ -276,7 +293,7 @@ def test_s3_to_s3_gives_the_local_outputs_and_a_rerun_does_only_what_is_missing(
     monkeypatch.setenv("RESTORER_TEST_CRASH_DIR", str(crashes))
     code, report = run_json(capsys, "s3://archive/scans", "-o", "s3://restored/run1", *TASK, "--engine", "ray")
     assert (crashes / "crashed-scan.tiff").exists()
-    assert code == 0 and report["summary"] == {"done": 10}, report
+    assert code == 0 and report["summary"] == {"done": IMAGES}, report
     assert {f["input"] for f in report["files"]} >= {"s3://archive/scans/a/b/exif.jpg", "s3://archive/scans/deep16.png"}
     assert bucket_files(s3, "restored", "run1/") == outputs(local_outputs)
     journal_keys = [o["Key"] for o in s3.list_objects_v2(Bucket="restored", Prefix="run1/.restorer-journal/")["Contents"]
@@ -286,10 +303,10 @@ def test_s3_to_s3_gives_the_local_outputs_and_a_rerun_does_only_what_is_missing(
     assert sorted(json.loads(r)["name"] for r in records) == sorted(outputs(local_outputs))
 
     code, report = run_json(capsys, "s3://archive/scans", "-o", "s3://restored/run1", *TASK, "--engine", "ray")
-    assert code == 0 and report["summary"] == {"skipped": 10}
+    assert code == 0 and report["summary"] == {"skipped": IMAGES}
     s3.delete_object(Bucket="restored", Key="run1/a/b/exif.jpg")
     code, report = run_json(capsys, "s3://archive/scans", "-o", "s3://restored/run1", *TASK, "--engine", "ray")
-    assert code == 0 and report["summary"] == {"done": 1, "skipped": 9}
+    assert code == 0 and report["summary"] == {"done": 1, "skipped": IMAGES - 1}
     assert [f["output"] for f in report["files"] if f["status"] == "done"] == ["s3://restored/run1/a/b/exif.jpg"]
     assert bucket_files(s3, "restored", "run1/") == outputs(local_outputs)
 
