@@ -371,3 +371,22 @@ def test_url_batches_are_named_as_folder_batches(s3, photos, tmp_path):
         assert [str(i.output.relative_to(tmp_path)) for i in local] == batch.outputs
         assert [i.input.relative_to(photos).as_posix() for i in local] == [
             i.input.removeprefix("s3://archive/scans/") for i in batch.items]
+
+
+def test_the_pool_is_sized_by_the_clusters_gpus_or_cpus(monkeypatch):
+    """--gpus-per-worker F: as many workers as the cluster's GPUs hold at F each (never more
+    than fit, which would wait forever, nor than there are images); none fit: one line."""
+    from restorer.batch import ray_engine
+
+    resources = {"CPU": 16.0, "GPU": 2.0}
+    monkeypatch.setattr(ray, "cluster_resources", lambda: dict(resources))
+    notes = []
+    assert ray_engine.pool_size(None, 1.0, 100) == 2
+    assert ray_engine.pool_size(None, 0.5, 100) == 4
+    assert ray_engine.pool_size(None, 0.0, 100) == 16  # CPU workers
+    assert ray_engine.pool_size(None, 0.5, 3) == 3
+    assert ray_engine.pool_size(8, 1.0, 100, notes.append) == 2
+    assert notes == ["--workers 8: the Ray cluster holds 2 (2 GPUs at 1 per worker); using 2"]
+    resources["GPU"] = 0.0
+    with pytest.raises(ray_engine.ClusterError, match="no room for one worker \\(0 GPUs at 1 per worker\\)"):
+        ray_engine.pool_size(None, 1.0, 100)
