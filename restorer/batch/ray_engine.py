@@ -159,7 +159,7 @@ def _run(items, pending, plan, output, plan_id, markers, *, address, workers, gp
         done = 0
         try:
             for row in results.iter_rows():
-                index = _finish(items, pickle.loads(row["result"]), plan_id, on_note, remote, writer)
+                index = _finish(items, pickle.loads(row["result"]), plan_id, on_note, writer)
                 if remote is None:
                     _touch(markers.get(items[index].output.parent))
                 done += 1
@@ -215,9 +215,9 @@ def restore_map(dataset, plan: Plan, output: Output, workers: int, gpus_per_work
         return dataset.map(RestoreWorker, **kwargs)
 
 
-def _finish(items: list[Item], result: dict, plan_id: PlanId, on_note, remote: RemoteBatch | None = None,
-            writer: RemoteWriter | None = None) -> int:
-    """A worker's result into its item: committed (written, journaled) here, or failed."""
+def _finish(items: list[Item], result: dict, plan_id: PlanId, on_note, writer: RemoteWriter | None = None) -> int:
+    """A worker's result into its item: committed (written, journaled) here, or failed; a
+    URL batch's by its `writer`."""
     index = result["index"]
     item = items[index]
     item.steps = result["steps"]
@@ -229,8 +229,8 @@ def _finish(items: list[Item], result: dict, plan_id: PlanId, on_note, remote: R
     rendered = result["rendered"]
     if rendered is not None:
         rendered.input_fp["path"] = str(item.input)  # as the local loop journals it
-        if remote is not None:  # the worker read a copy: the size and time are the original's
-            source = remote.sources[index]
+        if writer is not None:  # the worker read a copy: the size and time are the original's
+            source = writer.batch.sources[index]
             rendered.input_fp.update(size=source.size, mtime_ns=source.mtime_ns)
     if result["error"] is not None:  # named by the absolute path the worker read; say it as given
         item.status = "failed"

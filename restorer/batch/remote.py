@@ -66,7 +66,10 @@ class Tree:
 
     @classmethod
     def open(cls, where: str | Path) -> Tree:
-        import pyarrow.fs as pafs
+        try:
+            import pyarrow.fs as pafs
+        except ImportError:
+            raise RemoteError(f"{where}: URLs are read through pyarrow: pip install 'restorer[cluster]'") from None
 
         if not is_url(where):
             path = os.path.abspath(where)
