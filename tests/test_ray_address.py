@@ -2,7 +2,7 @@
 is joined, and its workers give the local engine's bytes. `ray start` (Ray 2.59 and later)
 turns on token authentication; a driver joins with RAY_AUTH_MODE=token, and without it the
 refusal is one line that says so. A Ray Client address (ray://) is refused in one line: Ray
-Data does not run through Ray Client.
+Data does not run through Ray Client. Two nodes (two raylets here) share one job.
 
 The head runs in a session of its own (with its own temporary folder) and the whole session
 is killed afterwards, so no process of it outlives the test and no other Ray is touched."""
@@ -104,3 +104,34 @@ def test_a_ray_client_address_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("restorer-cli: --address ray://127.0.0.1:10001: Ray Data does not run "
                           "through Ray Client") and err.count("\n") == 1
+
+
+def test_two_nodes_each_run_a_worker_and_give_the_local_bytes(tmp_path, monkeypatch, capsys):
+    """Two Ray nodes of one CPU each (ray.cluster_utils: two raylets on this machine, as two
+    machines would have): a pool of two one-CPU workers can only be placed one per node; the
+    outputs are the local engine's."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RESTORER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        for name in ("kodim05_crop256.png", "fbcnn_real_2_face.jpg"):
+            (src / f"{i}{name}").write_bytes((SAMPLES / name).read_bytes())
+    assert main([str(src), "-o", str(tmp_path / "local"), *TASK]) == 0
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        capsys.readouterr()
+        assert main([str(src), "-o", str(tmp_path / "ray"), *TASK, "--engine", "ray", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["summary"] == {"done": 8}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    for path in sorted((tmp_path / "local").iterdir()):
+        if not path.name.startswith("."):
+            assert (tmp_path / "ray" / path.name).read_bytes() == path.read_bytes(), path.name
