@@ -331,6 +331,15 @@ def test_s3_outputs_of_another_plan_are_redone(s3, capsys):
     assert len(bucket_files(s3, "restored", "redo/")["face.jpg"]) < len(first)
 
 
+def test_s3_outputs_beside_their_inputs_are_not_taken_for_inputs(s3, capsys):
+    s3.copy_object(Bucket="restored", Key="beside/face.jpg", CopySource={"Bucket": "archive", "Key": "scans/face.jpg"})
+    args = ["s3://restored/beside", "-o", "s3://restored/beside", "--suffix", "_r", *TASK, "--engine", "ray"]
+    code, report = run_json(capsys, *args)
+    assert code == 0 and [f["output"] for f in report["files"]] == ["s3://restored/beside/face_r.jpg"]
+    code, report = run_json(capsys, *args)
+    assert code == 0 and report["summary"] == {"skipped": 1}  # face_r.jpg is not an input now
+
+
 def test_s3_bad_objects_fail_by_url_and_the_others_are_written(s3, tmp_path, capsys):
     s3.put_object(Bucket="archive", Key="mixed/zero.png", Body=b"")
     s3.put_object(Bucket="archive", Key="mixed/text.jpg", Body=b"not a photo\n")

@@ -124,6 +124,7 @@ def discover(inputs: list[str | Path], dest: str | Path, *, recursive: bool, fmt
     out_tree = Tree.open(dest)
     batch = RemoteBatch([], [], out_tree, [])
     folders = 0
+    written: set[str] | None = None  # what the destination's journal says restorer wrote there
     found: list[tuple[int, pafs.FileInfo, str, str]] = []  # tree, file, output below its base, input's name
     for where in inputs:
         tree = Tree.open(where)
@@ -142,8 +143,13 @@ def discover(inputs: list[str | Path], dest: str | Path, *, recursive: bool, fmt
             if (f.type != pafs.FileType.File or PurePosixPath(name).suffix.lower() not in files.IMAGE_SUFFIXES
                     or name.startswith(imaging.TEMP_PREFIX) or rel.split("/")[0] == JOURNAL_FOLDER):
                 continue
-            if _place(tree) == _place(out_tree) and _below(f.path, out_tree.root) and out_tree.root != tree.root:
-                continue  # our own outputs of an earlier run, inside the input tree
+            if _place(tree) == _place(out_tree) and _below(f.path, out_tree.root):
+                if out_tree.root != tree.root:
+                    continue  # our own outputs of an earlier run, inside the input tree
+                if written is None:
+                    written = set(read_journal(out_tree))
+                if rel in written:
+                    continue  # our own outputs, written beside their inputs
             found.append((t, f, PurePosixPath(tree.root).name + "/" + rel, tree.name(rel)))
     for t, info, rel, name in found:
         if folders <= 1 and "/" in rel and name != batch.inputs[t].url:
