@@ -202,7 +202,7 @@ def settle(batch: RemoteBatch, plan_fp: str, *, overwrite: bool) -> list[int]:
 def _verdict(records: list[dict], size: int, source: Source, plan_fp: str) -> str:
     if not records:
         return "refuse: exists and was not written by restorer"
-    mine = next((r for r in reversed(records) if r["output"]["size"] == size), None)
+    mine = next((r for r in reversed(records) if r["output"].get("size") == size), None)
     if mine is None:
         return "refuse: was changed since restorer wrote it"
     if mine.get("plan") != plan_fp:
