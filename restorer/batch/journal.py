@@ -207,14 +207,18 @@ def decide(items: list, plan_fp: str, *, overwrite: bool) -> None:
         folder = item.output.parent
         if folder not in journals:
             journals[folder] = Journal(folder).records()
-        verdict = _verdict(item, fp, journals[folder].get(item.output.name, []), plan_fp)
-        if verdict == "skip":
-            item.status = "skipped"
-        elif verdict.startswith("refuse: "):
-            item.status = "failed"
-            item.error = f"{item.output}: {verdict[len('refuse: '):]}; not overwritten; use --overwrite"
-        else:
-            item.notes.append(f"redone: {verdict}")
+        apply_verdict(item, _verdict(item, fp, journals[folder].get(item.output.name, []), plan_fp))
+
+
+def apply_verdict(item, verdict: str) -> None:
+    """A verdict on an existing output ("skip", "refuse: <why>" or why it is redone) onto its item."""
+    if verdict == "skip":
+        item.status = "skipped"
+    elif verdict.startswith("refuse: "):
+        item.status = "failed"
+        item.error = f"{item.output}: {verdict[len('refuse: '):]}; not overwritten; use --overwrite"
+    else:
+        item.notes.append(f"redone: {verdict}")
 
 
 def _file_fingerprint(path: Path) -> dict:

@@ -188,14 +188,7 @@ def settle(batch: RemoteBatch, plan_fp: str, *, overwrite: bool) -> list[int]:
             size = present.get(dest.path(batch.outputs[i]))
             if item.status != "pending" or size is None:
                 continue
-            verdict = _verdict(records.get(batch.outputs[i], []), size, batch.sources[i], plan_fp)
-            if verdict == "skip":
-                item.status = "skipped"
-            elif verdict.startswith("refuse: "):
-                item.status = "failed"
-                item.error = f"{item.output}: {verdict[len('refuse: '):]}; not overwritten; use --overwrite"
-            else:
-                item.notes.append(f"redone: {verdict}")
+            journal.apply_verdict(item, _verdict(records.get(batch.outputs[i], []), size, batch.sources[i], plan_fp))
     return [i for i, item in enumerate(items) if item.status != before[i]]
 
 
