@@ -8,7 +8,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Callable
 
 import numpy as np
@@ -199,14 +199,19 @@ def render(item: Item, plan: Plan, ctx: Context, output: Output) -> Rendered:
 
 def commit(item: Item, rendered: Rendered, plan_id: PlanId) -> None:
     """Write what `render` made: the stage images, then the output (atomically, journaled)."""
-    for stage, pixels in rendered.stages.items():
-        stage_path = item.output.with_name(f"{item.output.stem}.{stage}.png")
-        stage_meta = imaging.ImageMeta(format="png", bit_depth=8, gray=pixels.shape[2] == 1)
-        imaging.save(imaging.Image(pixels, None, stage_meta), stage_path, format="png")
+    for stage_path, image in stage_images(item.output, rendered.stages):
+        imaging.save(image, stage_path, format="png")
     entry = journal.record(item.output.name, "writing", rendered.input_fp, plan_id.fingerprint, plan_id.summary,
                            journal.output_fingerprint(rendered.data))
     write_journaled(item.output, rendered.data, entry)
     item.status = "done"
+
+
+def stage_images(target: PurePath, stages: dict[str, np.ndarray]) -> list[tuple[PurePath, imaging.Image]]:
+    """--save-intermediates: each stage's image (8-bit PNG) and its name beside `target`."""
+    return [(target.with_name(f"{target.stem}.{stage}.png"),
+             imaging.Image(pixels, None, imaging.ImageMeta(format="png", bit_depth=8, gray=pixels.shape[2] == 1)))
+            for stage, pixels in stages.items()]
 
 
 @contextlib.contextmanager

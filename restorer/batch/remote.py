@@ -113,6 +113,9 @@ class RemoteBatch:
     dest: Tree
     sources: list[Source]  # one per item
     outputs: list[str] = field(default_factory=list)  # per item: its output's path below dest.root
+    # Items whose existing output is to be redone: the sha256 of each output restorer recorded
+    # under that name (settle fills it; the writer checks the output against it before replacing).
+    written: dict[int, set[str]] = field(default_factory=dict)
 
 
 def discover(inputs: list[str | Path], dest: str | Path, *, recursive: bool, fmt: str, suffix: str,
@@ -188,7 +191,10 @@ def settle(batch: RemoteBatch, plan_fp: str, *, overwrite: bool) -> list[int]:
             size = present.get(dest.path(batch.outputs[i]))
             if item.status != "pending" or size is None:
                 continue
-            journal.apply_verdict(item, _verdict(records.get(batch.outputs[i], []), size, batch.sources[i], plan_fp))
+            mine = records.get(batch.outputs[i], [])
+            journal.apply_verdict(item, _verdict(mine, size, batch.sources[i], plan_fp))
+            if item.status == "pending":  # to be redone
+                batch.written[i] = {r["output"].get("sha256") for r in mine}
     return [i for i, item in enumerate(items) if item.status != before[i]]
 
 
@@ -257,12 +263,11 @@ class Writer:
 
     def commit(self, index: int, rendered, plan_id) -> None:
         """What a worker rendered for item `index`: journaled, then written (stage images first)."""
+        from restorer.batch.loop import stage_images  # not at the top: the CLI's parser imports this module
+
         item, rel = self.batch.items[index], self.batch.outputs[index]
-        target = PurePosixPath(rel)
-        for stage, pixels in rendered.stages.items():
-            stage_rel = str(target.with_name(f"{target.stem}.{stage}.png"))
-            meta = imaging.ImageMeta(format="png", bit_depth=8, gray=pixels.shape[2] == 1)
-            self.write(stage_rel, imaging.encode(imaging.Image(pixels, None, meta), "png", 95))
+        for stage_path, image in stage_images(PurePosixPath(rel), rendered.stages):
+            self.write(str(stage_path), imaging.encode(image, "png", 95))
         entry = journal.record(rel, "writing", rendered.input_fp, plan_id.fingerprint, plan_id.summary,
                                journal.output_fingerprint(rendered.data))
         if len(self.records) >= SEGMENT_RECORDS:
@@ -273,7 +278,7 @@ class Writer:
         except OSError as e:
             self.records.pop()
             raise imaging.ImageWriteError(self.dest.url + "/" + JOURNAL_FOLDER, _first_line(e)) from None
-        if "redone: " in " ".join(item.notes):
+        if index in self.batch.written:
             self._check_still_ours(index)
         self.write(rel, rendered.data)
         item.status = "done"
@@ -307,13 +312,12 @@ class Writer:
         """Before an output restorer wrote is replaced (another plan, a changed input): it is
         read back, and replaced only if it is still what restorer wrote."""
         item, rel = self.batch.items[index], self.batch.outputs[index]
-        records = read_journal(self.dest).get(rel, [])[:-1]  # without the record just written
         try:
             with self.dest.fs.open_input_stream(self.dest.path(rel)) as stream:
                 digest = hashlib.sha256(stream.read()).hexdigest()
         except OSError:
             return  # gone since: nothing to protect
-        if not any(r["output"].get("sha256") == digest for r in records):
+        if digest not in self.batch.written[index]:
             raise imaging.ImageWriteError(item.output, "was changed since restorer wrote it; not overwritten; "
                                           "use --overwrite")
 
